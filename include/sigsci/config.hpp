@@ -1,0 +1,74 @@
+#pragma once
+// The daemon's configuration, validated in full before anything uses it.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sigsci/handler_registry.hpp"
+#include "sigsci/log.hpp"
+#include "sigsci/result.hpp"
+
+namespace sigsci {
+
+struct ListenConfig {
+    std::string address;  // as written, e.g. "[::1]:8080"
+    std::string host;     // the IP literal, without brackets
+    std::uint16_t port = 0;
+};
+
+struct Limits {
+    std::uint64_t max_body_bytes = 1024 * 1024;
+    std::uint32_t max_header_bytes = 16 * 1024;
+    std::chrono::milliseconds request_timeout{15000};
+    std::chrono::milliseconds idle_timeout{60000};
+    std::uint64_t max_connections = 4096;
+    std::chrono::milliseconds drain_timeout{10000};
+    std::uint64_t max_pending_events = 65536;
+};
+
+struct LogSettings {
+    log::Format format = log::Format::json;
+    log::Level level = log::Level::info;
+};
+
+struct RouteConfig {
+    std::vector<std::string> types;  // "*" matches every type
+    std::vector<std::string> handlers;
+};
+
+struct EndpointConfig {
+    std::string path;
+    std::vector<std::string> signing_keys;  // secret: never log these
+    std::vector<RouteConfig> routes;
+};
+
+struct Config {
+    std::filesystem::path file;
+    std::vector<ListenConfig> listen;
+    unsigned threads = 0;  // 0 = one per core
+    Limits limits;
+    LogSettings log;
+    std::vector<EndpointConfig> endpoints;
+    std::vector<HandlerSpec> handlers;
+    std::vector<std::string> warnings;  // to be logged once logging is set up
+
+    const EndpointConfig* find_endpoint(std::string_view path) const;
+    unsigned effective_threads() const;
+};
+
+// Reads, parses and validates; key sources are resolved (so reload re-reads key files).
+// Errors read "FILE: key.path: problem".
+Result<Config> load_config(const std::filesystem::path& file);
+
+// The same from text; `origin` names the file in errors and relative paths resolve against
+// `base_dir`.
+Result<Config> parse_config(std::string_view text, const std::string& origin,
+                            const std::filesystem::path& base_dir);
+
+// Reads a signing-key file: trailing CR/LF trimmed; empty is an error.
+Result<std::string> read_key_file(const std::filesystem::path& path);
+
+}  // namespace sigsci

@@ -1,0 +1,28 @@
+#pragma once
+#include <filesystem>
+#include <mutex>
+
+#include "sigsci/handler.hpp"
+
+namespace sigsci {
+
+// `file`: appends one compact JSON line per event. Each line goes out in one locked write to an
+// O_APPEND descriptor, so lines are never torn or interleaved; a failed write is cut back off.
+class FileHandler final : public Handler {
+public:
+    // Throws std::runtime_error when the file cannot be opened.
+    FileHandler(std::string name, std::filesystem::path path);
+    ~FileHandler() override;
+
+    void deliver(const EventPtr& event, DeliveryDone done) override;
+    void reopen() override;
+
+    const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+    std::mutex mutex_;
+    int fd_ = -1;
+};
+
+}  // namespace sigsci

@@ -1,0 +1,47 @@
+#pragma once
+// HTTP/1.1 listeners and connections (Boost.Beast). Reads requests within the configured limits,
+// asks WebhookService for the answer, writes it. Only this file's .cpp includes Beast.
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sigsci/config.hpp"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace sigsci {
+
+class WebhookService;
+
+class Server {
+public:
+    Server(boost::asio::io_context& ioc, WebhookService& service);
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // Binds every address; throws std::runtime_error naming the address that failed.
+    void listen(const std::vector<ListenConfig>& addresses);
+    // The bound addresses, e.g. "127.0.0.1:43123", in config order (port 0 resolved).
+    std::vector<std::string> bound_addresses() const;
+    std::vector<std::uint16_t> ports() const;
+
+    void start_accepting();
+    // Closes the listeners, then idle keep-alive connections; requests in flight finish.
+    void stop_accepting();
+    // Waits until every connection has closed; false on timeout.
+    bool wait_connections_closed(std::chrono::milliseconds timeout);
+    // Closes whatever connections remain (after the drain period).
+    void close_all();
+    std::size_t connection_count() const;
+
+private:
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace sigsci

@@ -1,0 +1,73 @@
+#pragma once
+// The request path as plain functions: request head in, decision out; body in, response out.
+// Nothing here touches a socket; server.cpp only reads, calls these, and writes.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <variant>
+
+#include "sigsci/config.hpp"
+#include "sigsci/dispatcher.hpp"
+#include "sigsci/handler.hpp"
+
+namespace sigsci {
+
+// One consistent view of config and live handlers. A request uses one snapshot from head to
+// answer; SIGHUP swaps in a new one without disturbing requests in flight.
+struct Runtime {
+    Config config;
+    std::unordered_map<std::string, HandlerPtr> handlers;
+
+    // Builds the handlers (opens files); throws std::runtime_error naming the handler.
+    static std::shared_ptr<const Runtime> build(Config config);
+
+    std::vector<HandlerPtr> handlers_for(const EndpointConfig& endpoint, std::string_view type) const;
+};
+
+struct RequestHead {
+    std::string_view method;
+    std::string_view target;
+    std::optional<std::uint64_t> content_length;  // absent for chunked bodies
+};
+
+struct Response {
+    int status = 200;
+    std::string body;   // small JSON
+    std::string allow;  // the Allow header, for 405
+    // For the request log line only.
+    std::string endpoint;
+    std::string event_id;
+    std::string type;
+    std::string error;
+};
+
+Response error_response(int status, std::string_view message);
+
+class WebhookService {
+public:
+    WebhookService(std::shared_ptr<const Runtime> runtime, EventSink& sink);
+
+    std::shared_ptr<const Runtime> snapshot() const { return runtime_.load(); }
+    void replace(std::shared_ptr<const Runtime> runtime) { runtime_.store(std::move(runtime)); }
+    void set_ready(bool ready) { ready_.store(ready); }
+
+    // Steps 1-2 of the request path: an answer now (404, 405, 413, /healthz) or the endpoint
+    // whose body should be read.
+    std::variant<Response, const EndpointConfig*> route_head(const Runtime& runtime,
+                                                             const RequestHead& head) const;
+
+    // Steps 3-5: verify the raw body, then parse, record and hand off for delivery.
+    Response handle_body(const Runtime& runtime, const EndpointConfig& endpoint,
+                         std::string_view signature, std::string body);
+
+private:
+    std::atomic<std::shared_ptr<const Runtime>> runtime_;
+    EventSink& sink_;
+    std::atomic<bool> ready_{false};
+};
+
+}  // namespace sigsci

@@ -1,0 +1,327 @@
+#include "sigsci/config.hpp"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "sigsci/config_reader.hpp"
+
+namespace sigsci {
+
+namespace {
+
+constexpr std::uint64_t max_key_file_bytes = 64 * 1024;
+
+bool is_ip_literal(const std::string& host, bool v6) {
+    unsigned char buf[16];
+    return inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), buf) == 1;
+}
+
+ListenConfig parse_listen_address(const ConfigNode& node) {
+    const std::string text = node.as_nonempty_string();
+    ListenConfig out;
+    out.address = text;
+    std::string port_text;
+    if (text.front() == '[') {
+        const auto close = text.find("]:");
+        if (close == std::string::npos) node.fail("must look like \"[::1]:8080\"");
+        out.host = text.substr(1, close - 1);
+        port_text = text.substr(close + 2);
+        if (!is_ip_literal(out.host, true)) node.fail("\"" + out.host + "\" is not an IPv6 address");
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string::npos) node.fail("must look like \"127.0.0.1:8080\"");
+        out.host = text.substr(0, colon);
+        port_text = text.substr(colon + 1);
+        if (!is_ip_literal(out.host, false)) {
+            node.fail("\"" + out.host + "\" is not an IPv4 address (IPv6 goes in brackets; host names are not resolved)");
+        }
+    }
+    if (port_text.empty() || port_text.size() > 5 ||
+        !std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        std::stoul(port_text) > 65535) {
+        node.fail("port must be a number from 0 to 65535");
+    }
+    out.port = static_cast<std::uint16_t>(std::stoul(port_text));
+    return out;
+}
+
+ListenConfig parse_listen(const ConfigNode& node) {
+    if (node.json().is_string()) return parse_listen_address(node);
+    auto obj = node.as_object();
+    auto out = parse_listen_address(obj.require("address"));
+    if (obj.get("tls")) {
+        ConfigNode(obj.require("tls").json(), obj.path() + ".tls")
+            .fail("TLS listeners are not supported by this version yet; use a plain listener "
+                  "behind a TLS-terminating proxy");
+    }
+    obj.finish();
+    return out;
+}
+
+Limits parse_limits(ConfigObject obj) {
+    Limits l;
+    using ms = std::chrono::milliseconds;
+    constexpr std::uint64_t day_ms = 24ull * 3600 * 1000;
+    if (auto n = obj.get("max_body_bytes")) l.max_body_bytes = n->as_uint(1, 1ull << 30);
+    if (auto n = obj.get("max_header_bytes"))
+        l.max_header_bytes = static_cast<std::uint32_t>(n->as_uint(1024, 1u << 20));
+    if (auto n = obj.get("request_timeout_ms")) l.request_timeout = ms(n->as_uint(1, day_ms));
+    if (auto n = obj.get("idle_timeout_ms")) l.idle_timeout = ms(n->as_uint(1, day_ms));
+    if (auto n = obj.get("max_connections")) l.max_connections = n->as_uint(1, 1'000'000);
+    if (auto n = obj.get("drain_timeout_ms")) l.drain_timeout = ms(n->as_uint(0, day_ms));
+    if (auto n = obj.get("max_pending_events")) l.max_pending_events = n->as_uint(1, 100'000'000);
+    obj.finish();
+    return l;
+}
+
+LogSettings parse_log(ConfigObject obj) {
+    LogSettings s;
+    if (auto n = obj.get("format")) {
+        auto f = log::parse_format(n->as_string());
+        if (!f) n->fail("must be \"json\" or \"text\"");
+        s.format = *f;
+    }
+    if (auto n = obj.get("level")) {
+        auto l = log::parse_level(n->as_string());
+        if (!l) n->fail("must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", \"off\"");
+        s.level = *l;
+    }
+    obj.finish();
+    return s;
+}
+
+std::string read_key_source(const ConfigNode& node, const ConfigContext& ctx) {
+    auto obj = node.as_object();
+    const char* sources[] = {"file", "env", "credential", "value"};
+    int count = 0;
+    for (const char* s : sources) count += obj.has(s) ? 1 : 0;
+    if (count != 1) {
+        obj.fail("needs exactly one of \"file\", \"env\", \"credential\", \"value\"");
+    }
+    std::string key;
+    if (auto n = obj.get("file")) {
+        std::filesystem::path p = n->as_nonempty_string();
+        if (p.is_relative()) p = ctx.base_dir / p;
+        auto r = read_key_file(p);
+        if (!r) n->fail(r.error());
+        key = std::move(r).value();
+    } else if (auto e = obj.get("env")) {
+        const auto name = e->as_nonempty_string();
+        const char* v = std::getenv(name.c_str());
+        if (v == nullptr) e->fail("environment variable " + name + " is not set");
+        key = v;
+        if (key.empty()) e->fail("environment variable " + name + " is empty");
+    } else if (auto c = obj.get("credential")) {
+        const auto name = c->as_nonempty_string();
+        if (name.find('/') != std::string::npos || name == "." || name == "..") {
+            c->fail("must be a credential name, not a path");
+        }
+        const char* dir = std::getenv("CREDENTIALS_DIRECTORY");
+        if (dir == nullptr || *dir == '\0') {
+            c->fail("$CREDENTIALS_DIRECTORY is not set (credentials need systemd's LoadCredential=)");
+        }
+        auto r = read_key_file(std::filesystem::path(dir) / name);
+        if (!r) c->fail(r.error());
+        key = std::move(r).value();
+    } else if (auto v = obj.get("value")) {
+        key = v->as_string();
+        if (key.empty()) v->fail("key is empty");
+        if (ctx.warnings) {
+            ctx.warnings->push_back(v->path() +
+                                    ": the key is written in the config file; prefer \"file\", "
+                                    "\"env\" or \"credential\"");
+        }
+    }
+    obj.finish();
+    return key;
+}
+
+std::vector<std::string> parse_string_list(const ConfigNode& node) {
+    auto items = node.as_array();
+    if (items.empty()) node.fail("must not be empty");
+    std::vector<std::string> out;
+    for (const auto& item : items) out.push_back(item.as_nonempty_string());
+    return out;
+}
+
+bool valid_handler_name(const std::string& name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '-' || c == '_' || c == '.';
+    });
+}
+
+std::vector<HandlerSpec> parse_handlers(ConfigObject obj, const ConfigContext& ctx) {
+    std::vector<HandlerSpec> out;
+    for (const auto& name : obj.keys()) {
+        auto node = obj.require(name);
+        if (!valid_handler_name(name)) {
+            node.fail("handler names may use only letters, digits, '-', '_' and '.'");
+        }
+        auto cfg = node.as_object();
+        const auto kind = cfg.require("kind").as_string();
+        const auto kinds = handler_kinds();
+        const auto it = std::find_if(kinds.begin(), kinds.end(),
+                                     [&](const HandlerKind& k) { return k.kind == kind; });
+        if (it == kinds.end()) {
+            std::string known;
+            for (const auto& k : kinds) known += (known.empty() ? "" : ", ") + std::string(k.kind);
+            cfg.require("kind").fail("unknown handler kind \"" + kind + "\" (this version has: " +
+                                     known + ")");
+        }
+        auto spec = it->parse(name, cfg, ctx);
+        spec.name = name;
+        spec.kind = kind;
+        out.push_back(std::move(spec));
+    }
+    obj.finish();
+    return out;
+}
+
+EndpointConfig parse_endpoint(const ConfigNode& node, const std::vector<HandlerSpec>& handlers,
+                              const ConfigContext& ctx) {
+    auto obj = node.as_object();
+    EndpointConfig ep;
+    auto path_node = obj.require("path");
+    ep.path = path_node.as_nonempty_string();
+    if (ep.path.front() != '/') path_node.fail("must start with '/'");
+    if (ep.path == "/healthz") path_node.fail("/healthz is reserved for the health check");
+    for (unsigned char c : ep.path) {
+        if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#') {
+            path_node.fail("must not contain spaces, control characters, '?' or '#'");
+        }
+    }
+    auto keys_node = obj.require("signing_keys");
+    auto keys = keys_node.as_array();
+    if (keys.empty()) keys_node.fail("needs at least one key");
+    for (const auto& k : keys) ep.signing_keys.push_back(read_key_source(k, ctx));
+    if (auto routes = obj.get("routes")) {
+        for (const auto& r : routes->as_array()) {
+            auto robj = r.as_object();
+            RouteConfig route;
+            route.types = parse_string_list(robj.require("types"));
+            auto hnode = robj.require("handlers");
+            route.handlers = parse_string_list(hnode);
+            const auto hitems = hnode.as_array();
+            for (std::size_t i = 0; i < route.handlers.size(); ++i) {
+                const auto& name = route.handlers[i];
+                if (std::none_of(handlers.begin(), handlers.end(),
+                                 [&](const HandlerSpec& h) { return h.name == name; })) {
+                    hitems[i].fail("no handler named \"" + name + "\" in \"handlers\"");
+                }
+            }
+            robj.finish();
+            ep.routes.push_back(std::move(route));
+        }
+    }
+    if (ep.routes.empty() && ctx.warnings) {
+        ctx.warnings->push_back(obj.path() + ": no routes; every event on " + ep.path +
+                                " will be accepted and logged as unrouted");
+    }
+    obj.finish();
+    return ep;
+}
+
+}  // namespace
+
+const EndpointConfig* Config::find_endpoint(std::string_view path) const {
+    for (const auto& ep : endpoints) {
+        if (ep.path == path) return &ep;
+    }
+    return nullptr;
+}
+
+unsigned Config::effective_threads() const {
+    if (threads != 0) return threads;
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Result<std::string> read_key_file(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return Error{"cannot read " + path.string() + ": " + std::strerror(errno)};
+    std::string key;
+    char buf[4096];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+        key.append(buf, static_cast<std::size_t>(in.gcount()));
+        if (key.size() > max_key_file_bytes) return Error{path.string() + " is too large for a key"};
+    }
+    while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+    if (key.empty()) return Error{path.string() + " holds an empty key"};
+    return key;
+}
+
+Result<Config> parse_config(std::string_view text, const std::string& origin,
+                            const std::filesystem::path& base_dir) {
+    Config cfg;
+    cfg.file = origin;
+    ConfigContext ctx{base_dir, &cfg.warnings};
+    try {
+        const Json doc = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true,
+                                     /*ignore_comments=*/true);
+        ConfigObject root(doc, "");
+        if (auto n = root.get("listen")) {
+            auto items = n->as_array();
+            if (items.empty()) n->fail("needs at least one address");
+            for (const auto& item : items) cfg.listen.push_back(parse_listen(item));
+        } else {
+            root.fail("missing required key \"listen\"");
+        }
+        if (auto n = root.get("threads")) cfg.threads = static_cast<unsigned>(n->as_uint(0, 256));
+        if (auto n = root.get("limits")) cfg.limits = parse_limits(n->as_object());
+        if (auto n = root.get("log")) cfg.log = parse_log(n->as_object());
+        if (auto n = root.get("handlers")) cfg.handlers = parse_handlers(n->as_object(), ctx);
+        auto eps = root.require("endpoints");
+        auto items = eps.as_array();
+        if (items.empty()) eps.fail("needs at least one endpoint");
+        std::set<std::string> paths;
+        for (const auto& item : items) {
+            auto ep = parse_endpoint(item, cfg.handlers, ctx);
+            if (!paths.insert(ep.path).second) {
+                ConfigNode(item.json()["path"], item.path() + ".path")
+                    .fail("duplicate path " + ep.path);
+            }
+            cfg.endpoints.push_back(std::move(ep));
+        }
+        if (root.has("spool")) {
+            ConfigNode(doc["spool"], "spool")
+                .fail("the durable spool is not supported by this version yet");
+        }
+        root.finish();
+        for (const auto& h : cfg.handlers) {
+            const bool used = std::any_of(cfg.endpoints.begin(), cfg.endpoints.end(), [&](const auto& ep) {
+                return std::any_of(ep.routes.begin(), ep.routes.end(), [&](const auto& r) {
+                    return std::find(r.handlers.begin(), r.handlers.end(), h.name) != r.handlers.end();
+                });
+            });
+            if (!used) cfg.warnings.push_back("handlers." + h.name + ": not used by any route");
+        }
+    } catch (const ConfigError& e) {
+        return Error{origin + ": " + e.what()};
+    } catch (const Json::parse_error& e) {
+        // nlohmann prefixes "[json.exception.parse_error.101] "; the rest names line and column.
+        std::string what = e.what();
+        if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);
+        return Error{origin + ": not valid JSON: " + what};
+    }
+    return cfg;
+}
+
+Result<Config> load_config(const std::filesystem::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return Error{file.string() + ": cannot read: " + std::strerror(errno)};
+    std::ostringstream text;
+    text << in.rdbuf();
+    auto base = file.parent_path();
+    if (base.empty()) base = ".";
+    return parse_config(text.str(), file.string(), base);
+}
+
+}  // namespace sigsci

@@ -1,0 +1,187 @@
+#include "sigsci/daemon.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <algorithm>
+#include <condition_variable>
+#include <csignal>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "sigsci/dispatcher.hpp"
+#include "sigsci/log.hpp"
+#include "sigsci/server.hpp"
+#include "sigsci/webhook_service.hpp"
+
+namespace sigsci {
+
+namespace asio = boost::asio;
+
+namespace {
+
+void log_warnings(const Config& config) {
+    for (const auto& w : config.warnings) log::warn("config warning", {{"warning", w}});
+}
+
+bool same_listeners(const Config& a, const Config& b) {
+    if (a.listen.size() != b.listen.size() || a.threads != b.threads) return false;
+    for (std::size_t i = 0; i < a.listen.size(); ++i) {
+        if (a.listen[i].address != b.listen[i].address) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+struct Daemon::Impl {
+    explicit Impl(Config config)
+        : threads(config.effective_threads()),
+          ioc(static_cast<int>(threads)),
+          work(asio::make_work_guard(ioc)),
+          dispatcher(std::max(2u, threads), config.limits.max_pending_events),
+          service(Runtime::build(std::move(config)), dispatcher),
+          server(ioc, service) {}
+
+    unsigned threads;
+    asio::io_context ioc;
+    asio::executor_work_guard<asio::io_context::executor_type> work;
+    Dispatcher dispatcher;
+    WebhookService service;
+    Server server;
+    std::vector<std::thread> io_threads;
+    std::mutex reload_mutex;  // one reload at a time
+    bool started = false;
+    bool stopped = false;
+};
+
+Daemon::Daemon(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+Daemon::~Daemon() { shutdown(); }
+
+void Daemon::start() {
+    const auto runtime = impl_->service.snapshot();
+    impl_->server.listen(runtime->config.listen);
+    impl_->server.start_accepting();
+    for (unsigned i = 0; i < impl_->threads; ++i) {
+        impl_->io_threads.emplace_back([this] { impl_->ioc.run(); });
+    }
+    impl_->started = true;
+    impl_->service.set_ready(true);
+    log::info("ready", {{"version", SIGSCI_VERSION},
+                        {"threads", impl_->threads},
+                        {"endpoints", runtime->config.endpoints.size()},
+                        {"handlers", runtime->config.handlers.size()}});
+}
+
+std::vector<std::string> Daemon::bound_addresses() const { return impl_->server.bound_addresses(); }
+std::vector<std::uint16_t> Daemon::ports() const { return impl_->server.ports(); }
+
+bool Daemon::reload() {
+    const auto file = impl_->service.snapshot()->config.file;
+    return reload(load_config(file));
+}
+
+bool Daemon::reload(Result<Config> next) {
+    std::lock_guard lock(impl_->reload_mutex);
+    const auto current = impl_->service.snapshot();
+    auto keep_old = [&](const std::string& why) {
+        log::error("reload failed", {{"error", why}, {"config", current->config.file.string()}});
+        for (const auto& [name, handler] : current->handlers) handler->reopen();
+        return false;
+    };
+    if (!next) return keep_old(next.error());
+    std::shared_ptr<const Runtime> runtime;
+    try {
+        runtime = Runtime::build(std::move(next).value());
+    } catch (const std::exception& e) {
+        return keep_old(e.what());
+    }
+    const Config& cfg = runtime->config;
+    log_warnings(cfg);
+    if (!same_listeners(current->config, cfg)) {
+        log::warn("config warning", {{"warning", "changes to listen and threads take effect at restart"}});
+    }
+    log::set_format(cfg.log.format);
+    log::set_level(cfg.log.level);
+    impl_->dispatcher.set_max_pending_events(cfg.limits.max_pending_events);
+    impl_->service.replace(runtime);
+    log::info("reloaded", {{"config", cfg.file.string()},
+                           {"endpoints", cfg.endpoints.size()},
+                           {"handlers", cfg.handlers.size()}});
+    return true;
+}
+
+void Daemon::shutdown() {
+    if (!impl_->started || impl_->stopped) return;
+    impl_->stopped = true;
+    const auto drain = impl_->service.snapshot()->config.limits.drain_timeout;
+    const auto deadline = std::chrono::steady_clock::now() + drain;
+    log::info("stopping", {{"drain_timeout_ms", drain.count()}});
+    impl_->service.set_ready(false);
+    impl_->server.stop_accepting();
+    if (!impl_->server.wait_connections_closed(drain)) {
+        log::warn("drain timeout: closing connections", {{"connections", impl_->server.connection_count()}});
+        impl_->server.close_all();
+        impl_->server.wait_connections_closed(std::chrono::seconds(1));
+    }
+    const auto left = std::max(std::chrono::milliseconds(0),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   deadline - std::chrono::steady_clock::now()));
+    if (!impl_->dispatcher.wait_idle(left)) {
+        log::warn("drain timeout: waiting for running deliveries",
+                  {{"pending_events", impl_->dispatcher.pending_events()}});
+    }
+    impl_->dispatcher.stop();
+    impl_->work.reset();
+    impl_->ioc.stop();
+    for (auto& t : impl_->io_threads) t.join();
+    impl_->io_threads.clear();
+    log::info("stopped");
+}
+
+void Daemon::run_until_signalled() {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::deque<int> received;
+    asio::signal_set signals(impl_->ioc, SIGINT, SIGTERM, SIGHUP);
+    std::function<void(const boost::system::error_code&, int)> on_signal =
+        [&](const boost::system::error_code& ec, int signo) {
+            if (ec) return;
+            {
+                std::lock_guard lock(mutex);
+                received.push_back(signo);
+            }
+            cv.notify_one();
+            if (signo == SIGHUP) signals.async_wait(on_signal);
+        };
+    signals.async_wait(on_signal);
+    start();
+    for (;;) {
+        int signo = 0;
+        {
+            std::unique_lock lock(mutex);
+            cv.wait(lock, [&] { return !received.empty(); });
+            signo = received.front();
+            received.pop_front();
+        }
+        if (signo != SIGHUP) {
+            log::info("signal", {{"signal", signo == SIGTERM ? "SIGTERM" : "SIGINT"}});
+            break;
+        }
+        log::info("signal", {{"signal", "SIGHUP"}});
+        reload();
+    }
+    signals.cancel();
+    shutdown();
+}
+
+bool Daemon::wait_deliveries_idle(std::chrono::milliseconds timeout) {
+    return impl_->dispatcher.wait_idle(timeout);
+}
+
+std::size_t Daemon::connection_count() const { return impl_->server.connection_count(); }
+
+}  // namespace sigsci

@@ -1,0 +1,81 @@
+#include "sigsci/file_handler.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "sigsci/handler_registry.hpp"
+#include "sigsci/log.hpp"
+
+namespace sigsci {
+
+namespace {
+int open_for_append(const std::filesystem::path& path) {
+    return ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+}
+}  // namespace
+
+FileHandler::FileHandler(std::string name, std::filesystem::path path)
+    : Handler(std::move(name)), path_(std::move(path)) {
+    fd_ = open_for_append(path_);
+    if (fd_ < 0) {
+        throw std::runtime_error("handlers." + this->name() + ".path: cannot open " +
+                                 path_.string() + ": " + std::strerror(errno));
+    }
+}
+
+FileHandler::~FileHandler() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
+    std::string line = archive_record(*event).dump(-1, ' ', false, Json::error_handler_t::replace);
+    line += '\n';
+    DeliveryOutcome outcome;
+    {
+        std::lock_guard lock(mutex_);
+        const off_t start = ::lseek(fd_, 0, SEEK_END);
+        std::size_t written = 0;
+        while (written < line.size()) {
+            const ssize_t n = ::write(fd_, line.data() + written, line.size() - written);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                outcome = {false, "write " + path_.string() + ": " + std::strerror(n < 0 ? errno : EIO)};
+                break;
+            }
+            written += static_cast<std::size_t>(n);
+        }
+        // Half a line would corrupt the archive for every reader after it; take it back.
+        if (!outcome.ok && written > 0 && start >= 0) {
+            if (::ftruncate(fd_, start) != 0) outcome.error += " (and could not cut back the partial line)";
+        }
+    }
+    done(std::move(outcome));
+}
+
+void FileHandler::reopen() {
+    const int fd = open_for_append(path_);
+    if (fd < 0) {
+        log::error("reopen failed", {{"handler", name()},
+                                     {"path", path_.string()},
+                                     {"error", std::strerror(errno)}});
+        return;  // keep writing to the old descriptor rather than lose events
+    }
+    std::lock_guard lock(mutex_);
+    ::close(fd_);
+    fd_ = fd;
+}
+
+HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg, const ConfigContext& ctx) {
+    std::filesystem::path path = cfg.require("path").as_nonempty_string();
+    if (path.is_relative()) path = ctx.base_dir / path;
+    cfg.finish();
+    return HandlerSpec{name, "file", "path: " + path.string(),
+                       [name, path] { return std::make_shared<FileHandler>(name, path); }};
+}
+
+}  // namespace sigsci

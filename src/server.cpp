@@ -1,0 +1,412 @@
+#include "sigsci/server.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <unordered_set>
+
+#include "sigsci/log.hpp"
+#include "sigsci/webhook_service.hpp"
+
+namespace sigsci {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::ip::tcp;
+using boost::system::error_code;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+// How long and how much we keep reading after answering "Connection: close" while the client
+// may still be sending: closing with unread input makes the kernel send RST, which can destroy
+// the answer before the client reads it.
+constexpr auto linger_time = 1000ms;
+constexpr std::size_t linger_bytes = 1024 * 1024;
+constexpr std::size_t path_log_chars = 256;
+
+// One accepted socket. Its timer enforces deadlines without closing the socket (unlike
+// beast::tcp_stream), so a slow client can still be told 408.
+struct Connection : std::enable_shared_from_this<Connection> {
+    explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
+
+    tcp::socket socket;
+    asio::steady_timer timer;
+    std::uint64_t generation = 0;  // lets a stale timer completion know it is stale
+    bool timed_out = false;
+    bool idle = false;  // waiting for the first byte of the next request
+
+    // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
+    // per read, so bytes trickled one at a time do not extend it.
+    void arm(std::chrono::milliseconds timeout) {
+        const auto gen = ++generation;
+        timed_out = false;
+        timer.expires_after(timeout);
+        timer.async_wait([self = shared_from_this(), gen](error_code ec) {
+            if (ec || gen != self->generation) return;
+            self->timed_out = true;
+            error_code ignored;
+            self->socket.cancel(ignored);
+        });
+    }
+
+    void disarm() {
+        ++generation;
+        timer.cancel();
+    }
+
+    std::string remote() const {
+        error_code ec;
+        const auto ep = socket.remote_endpoint(ec);
+        if (ec) return "unknown";
+        const auto addr = ep.address().to_string();
+        return (ep.address().is_v6() ? "[" + addr + "]" : addr) + ":" + std::to_string(ep.port());
+    }
+};
+
+bool client_gone(const error_code& ec) {
+    return ec == http::error::end_of_stream || ec == http::error::partial_message ||
+           ec == asio::error::eof || ec == asio::error::connection_reset ||
+           ec == asio::error::broken_pipe || ec == asio::error::operation_aborted ||
+           ec == asio::error::bad_descriptor;
+}
+
+// Maps a failed read to the answer it deserves; nullopt means the client is gone.
+std::optional<Response> answer_for_read_error(const Connection& c, const error_code& ec) {
+    if (c.timed_out) return error_response(408, "request timeout");
+    if (ec == http::error::header_limit) return error_response(431, "request headers too large");
+    if (ec == http::error::body_limit) return error_response(413, "body too large");
+    if (client_gone(ec)) return std::nullopt;
+    return error_response(400, "malformed HTTP request");
+}
+
+std::string truncated(std::string_view s, std::size_t n) {
+    return s.size() <= n ? std::string(s) : std::string(s.substr(0, n)) + "...";
+}
+
+}  // namespace
+
+struct Server::Impl : std::enable_shared_from_this<Impl> {
+    Impl(asio::io_context& i, WebhookService& s) : ioc(i), service(s) {}
+
+    asio::io_context& ioc;
+    WebhookService& service;
+    std::vector<std::shared_ptr<tcp::acceptor>> acceptors;
+    std::vector<std::string> bound;
+    std::atomic<bool> draining{false};
+
+    mutable std::mutex mutex;
+    std::condition_variable all_closed;
+    std::unordered_set<std::shared_ptr<Connection>> connections;  // guarded by mutex
+
+    bool try_register(const std::shared_ptr<Connection>& c, std::uint64_t max_connections) {
+        std::lock_guard lock(mutex);
+        if (connections.size() >= max_connections) return false;
+        connections.insert(c);
+        return true;
+    }
+
+    void unregister(const std::shared_ptr<Connection>& c) {
+        std::lock_guard lock(mutex);
+        connections.erase(c);
+        if (connections.empty()) all_closed.notify_all();
+    }
+
+    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor);
+    asio::awaitable<void> session(std::shared_ptr<Connection> c);
+    asio::awaitable<void> refuse(std::shared_ptr<Connection> c);
+    asio::awaitable<bool> write_response(Connection& c, const Response& r, unsigned version,
+                                         bool keep_alive, std::chrono::milliseconds timeout);
+    asio::awaitable<void> linger_and_close(Connection& c);
+};
+
+asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> acceptor) {
+    auto self = shared_from_this();
+    for (;;) {
+        auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(ioc), use_tuple);
+        if (ec) {
+            if (!acceptor->is_open() || ec == asio::error::operation_aborted) co_return;
+            log::error("accept failed", {{"error", ec.message()}});
+            // Out of descriptors, most likely: back off instead of spinning on the error.
+            asio::steady_timer pause(co_await asio::this_coro::executor, 50ms);
+            co_await pause.async_wait(use_tuple);
+            continue;
+        }
+        error_code ignored;
+        socket.set_option(tcp::no_delay(true), ignored);
+        auto c = std::make_shared<Connection>(std::move(socket));
+        const auto max = service.snapshot()->config.limits.max_connections;
+        if (!try_register(c, max)) {
+            asio::co_spawn(c->socket.get_executor(), refuse(c), asio::detached);
+            continue;
+        }
+        asio::co_spawn(c->socket.get_executor(), session(c),
+                       [self, c](std::exception_ptr e) {
+                           if (e) {
+                               try {
+                                   std::rethrow_exception(e);
+                               } catch (const std::exception& ex) {
+                                   log::error("connection failed", {{"remote", c->remote()}, {"error", ex.what()}});
+                               }
+                           }
+                           error_code close_ec;
+                           c->socket.close(close_ec);
+                           c->timer.cancel();
+                           self->unregister(c);
+                       });
+    }
+}
+
+asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c) {
+    log::warn("connection refused", {{"remote", c->remote()}, {"status", 503}, {"error", "max_connections reached"}});
+    const auto r = error_response(503, "too many connections");
+    const auto timeout = service.snapshot()->config.limits.request_timeout;
+    if (co_await write_response(*c, r, 11, false, std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
+        co_await linger_and_close(*c);
+    }
+    error_code ignored;
+    c->socket.close(ignored);
+    c->timer.cancel();
+}
+
+asio::awaitable<bool> Server::Impl::write_response(Connection& c, const Response& r,
+                                                   unsigned version, bool keep_alive,
+                                                   std::chrono::milliseconds timeout) {
+    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+    res.set(http::field::server, "sigsci-webhookd");
+    res.set(http::field::content_type, "application/json");
+    if (!r.allow.empty()) res.set(http::field::allow, r.allow);
+    res.keep_alive(keep_alive);
+    res.body() = r.body;
+    res.prepare_payload();
+    c.arm(timeout);
+    auto [ec, n] = co_await http::async_write(c.socket, res, use_tuple);
+    c.disarm();
+    co_return !ec;
+}
+
+asio::awaitable<void> Server::Impl::linger_and_close(Connection& c) {
+    error_code ec;
+    c.socket.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) co_return;
+    c.arm(linger_time);
+    std::array<char, 8192> sink;
+    std::size_t total = 0;
+    while (total < linger_bytes) {
+        auto [rec, n] = co_await c.socket.async_read_some(asio::buffer(sink), use_tuple);
+        if (rec) break;
+        total += n;
+    }
+    c.disarm();
+}
+
+// The life of one connection, top to bottom: wait for a request, read its head, decide, read
+// its body, answer, and go round again while keep-alive holds.
+asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
+    const std::string remote = c->remote();
+    beast::flat_buffer buffer;
+    for (;;) {
+        const auto runtime = service.snapshot();
+        const Limits& limits = runtime->config.limits;
+
+        // Idle: only the idle timeout applies until the next request's first byte arrives.
+        if (buffer.size() == 0) {
+            if (draining.load()) break;
+            c->idle = true;
+            c->arm(limits.idle_timeout);
+            auto [ec, n] = co_await c->socket.async_read_some(buffer.prepare(4096), use_tuple);
+            c->idle = false;
+            if (ec) break;  // idle timeout, drain, or the client left: nothing to answer
+            buffer.commit(n);
+        }
+
+        // From the first byte, the whole request (head and body) must arrive within one deadline.
+        const auto started = std::chrono::steady_clock::now();
+        c->arm(limits.request_timeout);
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(limits.max_header_bytes);
+        parser.body_limit(boost::none);  // the declared size is judged after routing (step 2)
+        Response res;
+        bool keep_alive = false;
+        bool read_all = false;
+        unsigned version = 11;
+        std::string method;
+        std::string path;
+
+        auto [hec, hn] = co_await http::async_read_header(c->socket, buffer, parser, use_tuple);
+        if (hec) {
+            auto answer = answer_for_read_error(*c, hec);
+            if (!answer) break;
+            res = std::move(*answer);
+        } else {
+            auto& req = parser.get();
+            version = req.version();
+            method = std::string(req.method_string());
+            path = truncated(req.target(), path_log_chars);
+            std::optional<std::uint64_t> content_length;
+            if (parser.content_length()) content_length = *parser.content_length();
+            const RequestHead head{req.method_string(), req.target(), content_length};
+            auto decision = service.route_head(*runtime, head);
+            if (auto* early = std::get_if<Response>(&decision)) {
+                res = std::move(*early);
+                read_all = parser.is_done();
+            } else {
+                const auto& endpoint = *std::get<const EndpointConfig*>(decision);
+                // Ask for the body only once we know we want it.
+                if (beast::iequals(req[http::field::expect], "100-continue")) {
+                    http::response<http::empty_body> cont{http::status::continue_, version};
+                    auto [wec, wn] = co_await http::async_write(c->socket, cont, use_tuple);
+                    if (wec) {
+                        if (c->timed_out) res = error_response(408, "request timeout");
+                        else break;
+                    }
+                }
+                if (!c->timed_out) {
+                    parser.body_limit(limits.max_body_bytes);
+                    auto [bec, bn] = co_await http::async_read(c->socket, buffer, parser, use_tuple);
+                    if (bec) {
+                        auto answer = answer_for_read_error(*c, bec);
+                        if (!answer) break;
+                        res = std::move(*answer);
+                        res.endpoint = endpoint.path;
+                    } else {
+                        c->disarm();
+                        read_all = true;
+                        const std::string signature(req["X-SigSci-Signature"]);
+                        res = service.handle_body(*runtime, endpoint, signature, std::move(req.body()));
+                    }
+                }
+            }
+            keep_alive = read_all && req.keep_alive() && !draining.load();
+        }
+        c->disarm();
+
+        const bool written = co_await write_response(*c, res, version, keep_alive, limits.request_timeout);
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+        log::Fields fields{{"remote", remote}};
+        if (!method.empty()) fields["method"] = method;
+        if (!path.empty()) fields["path"] = path;
+        fields["status"] = res.status;
+        fields["duration_ms"] = static_cast<double>(static_cast<long>(ms * 1000)) / 1000;
+        if (!res.endpoint.empty()) fields["endpoint"] = res.endpoint;
+        if (!res.event_id.empty()) fields["event_id"] = res.event_id;
+        if (!res.type.empty()) fields["type"] = res.type;
+        if (!res.error.empty()) fields["error"] = res.error;
+        log::write(res.status < 400 ? log::Level::info : log::Level::warn, "request", fields);
+
+        if (!written) break;
+        if (!keep_alive) {
+            if (!read_all) co_await linger_and_close(*c);
+            break;
+        }
+    }
+    error_code ignored;
+    c->socket.shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+Server::Server(asio::io_context& ioc, WebhookService& service)
+    : impl_(std::make_shared<Impl>(ioc, service)) {}
+
+Server::~Server() = default;
+
+void Server::listen(const std::vector<ListenConfig>& addresses) {
+    for (const auto& a : addresses) {
+        error_code ec;
+        const auto addr = asio::ip::make_address(a.host, ec);
+        if (ec) throw std::runtime_error("listen " + a.address + ": " + ec.message());
+        const tcp::endpoint ep(addr, a.port);
+        auto acceptor = std::make_shared<tcp::acceptor>(asio::make_strand(impl_->ioc));
+        auto fail = [&](const char* what) {
+            throw std::runtime_error("listen " + a.address + ": " + what + ": " + ec.message());
+        };
+        acceptor->open(ep.protocol(), ec);
+        if (ec) fail("open");
+        acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+        if (ec) fail("set SO_REUSEADDR");
+        // "[::]" means IPv6 only, as in nginx; list "0.0.0.0:PORT" too for IPv4.
+        if (addr.is_v6()) {
+            acceptor->set_option(asio::ip::v6_only(true), ec);
+            if (ec) fail("set IPV6_V6ONLY");
+        }
+        acceptor->bind(ep, ec);
+        if (ec) fail("bind");
+        acceptor->listen(asio::socket_base::max_listen_connections, ec);
+        if (ec) fail("listen");
+        const auto local = acceptor->local_endpoint();
+        const auto host = local.address().to_string();
+        impl_->bound.push_back((local.address().is_v6() ? "[" + host + "]" : host) + ":" +
+                               std::to_string(local.port()));
+        impl_->acceptors.push_back(std::move(acceptor));
+    }
+}
+
+std::vector<std::string> Server::bound_addresses() const { return impl_->bound; }
+
+std::vector<std::uint16_t> Server::ports() const {
+    std::vector<std::uint16_t> out;
+    for (const auto& a : impl_->acceptors) out.push_back(a->local_endpoint().port());
+    return out;
+}
+
+void Server::start_accepting() {
+    for (std::size_t i = 0; i < impl_->acceptors.size(); ++i) {
+        log::info("listening", {{"address", impl_->bound[i]}});
+        asio::co_spawn(impl_->acceptors[i]->get_executor(), impl_->accept_loop(impl_->acceptors[i]),
+                       asio::detached);
+    }
+}
+
+void Server::stop_accepting() {
+    impl_->draining.store(true);
+    for (auto& acceptor : impl_->acceptors) {
+        asio::post(acceptor->get_executor(), [acceptor] {
+            error_code ignored;
+            acceptor->close(ignored);
+        });
+    }
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& c : impl_->connections) {
+        asio::post(c->socket.get_executor(), [c] {
+            error_code ignored;
+            if (c->idle) c->socket.cancel(ignored);
+        });
+    }
+}
+
+bool Server::wait_connections_closed(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(impl_->mutex);
+    return impl_->all_closed.wait_for(lock, timeout, [&] { return impl_->connections.empty(); });
+}
+
+void Server::close_all() {
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& c : impl_->connections) {
+        asio::post(c->socket.get_executor(), [c] {
+            error_code ignored;
+            c->socket.cancel(ignored);
+            c->socket.close(ignored);
+        });
+    }
+}
+
+std::size_t Server::connection_count() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->connections.size();
+}
+
+}  // namespace sigsci

@@ -1,0 +1,110 @@
+#include "sigsci/webhook_service.hpp"
+
+#include <chrono>
+
+#include "sigsci/envelope.hpp"
+#include "sigsci/event.hpp"
+#include "sigsci/log.hpp"
+#include "sigsci/router.hpp"
+#include "sigsci/signature.hpp"
+
+namespace sigsci {
+
+std::shared_ptr<const Runtime> Runtime::build(Config config) {
+    auto rt = std::make_shared<Runtime>();
+    for (const auto& spec : config.handlers) rt->handlers.emplace(spec.name, spec.make());
+    rt->config = std::move(config);
+    return rt;
+}
+
+std::vector<HandlerPtr> Runtime::handlers_for(const EndpointConfig& endpoint,
+                                              std::string_view type) const {
+    std::vector<HandlerPtr> out;
+    for (const auto& name : route_handlers(endpoint, type)) {
+        // Config validation guarantees every routed name exists.
+        out.push_back(handlers.at(name));
+    }
+    return out;
+}
+
+Response error_response(int status, std::string_view message) {
+    Response r;
+    r.status = status;
+    r.body = Json{{"error", message}}.dump(-1, ' ', false, Json::error_handler_t::replace);
+    return r;
+}
+
+WebhookService::WebhookService(std::shared_ptr<const Runtime> runtime, EventSink& sink)
+    : runtime_(std::move(runtime)), sink_(sink) {}
+
+std::variant<Response, const EndpointConfig*> WebhookService::route_head(
+    const Runtime& runtime, const RequestHead& head) const {
+    const auto path = head.target.substr(0, head.target.find('?'));
+    if (path == "/healthz") {
+        if (head.method != "GET") {
+            auto r = error_response(405, "method not allowed");
+            r.allow = "GET";
+            return r;
+        }
+        if (!ready_.load()) return error_response(503, "not ready");
+        Response r;
+        r.body = R"({"status":"ok"})";
+        return r;
+    }
+    const EndpointConfig* endpoint = runtime.config.find_endpoint(path);
+    if (endpoint == nullptr) return error_response(404, "not found");
+    if (head.method != "POST") {
+        auto r = error_response(405, "method not allowed");
+        r.allow = "POST";
+        r.endpoint = endpoint->path;
+        return r;
+    }
+    if (head.content_length && *head.content_length > runtime.config.limits.max_body_bytes) {
+        auto r = error_response(413, "body too large");
+        r.endpoint = endpoint->path;
+        return r;
+    }
+    return endpoint;
+}
+
+Response WebhookService::handle_body(const Runtime& runtime, const EndpointConfig& endpoint,
+                                     std::string_view signature, std::string body) {
+    const auto check = verify_signature(signature, body, endpoint.signing_keys);
+    if (check != SignatureCheck::ok) {
+        // The client is not told which part failed; the operator's log is.
+        auto r = error_response(401, "unauthorized");
+        r.endpoint = endpoint.path;
+        r.error = to_string(check);
+        return r;
+    }
+    auto envelope = parse_envelope(body);
+    if (!envelope) {
+        auto r = error_response(400, envelope.error());
+        r.endpoint = endpoint.path;
+        r.error = envelope.error();
+        return r;
+    }
+    const std::string type = envelope.value().type;
+    auto handlers = runtime.handlers_for(endpoint, type);
+    const bool unrouted = handlers.empty();
+    auto event = make_event(endpoint.path, std::move(body), std::move(envelope).value(),
+                            std::chrono::system_clock::now());
+    if (!sink_.submit(event, std::move(handlers))) {
+        auto r = error_response(503, "overloaded");
+        r.endpoint = endpoint.path;
+        r.type = type;
+        r.error = "too many events waiting for delivery";
+        return r;
+    }
+    if (unrouted) {
+        log::warn("unrouted", {{"event_id", event->id}, {"endpoint", endpoint.path}, {"type", type}});
+    }
+    Response r;
+    r.body = Json{{"id", event->id}, {"status", "accepted"}}.dump();
+    r.endpoint = endpoint.path;
+    r.event_id = event->id;
+    r.type = type;
+    return r;
+}
+
+}  // namespace sigsci
