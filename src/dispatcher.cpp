@@ -30,7 +30,10 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
                       const std::shared_ptr<std::atomic<std::size_t>>& remaining) {
         const auto started = std::chrono::steady_clock::now();
         auto self = shared_from_this();
-        auto done = [self, event, handler, remaining, started](DeliveryOutcome outcome) {
+        // A handler may call done and then throw; only the first report counts.
+        auto reported = std::make_shared<std::atomic<bool>>(false);
+        auto done = [self, event, handler, remaining, started, reported](DeliveryOutcome outcome) {
+            if (reported->exchange(true)) return;
             const double ms = std::chrono::duration<double, std::milli>(
                                   std::chrono::steady_clock::now() - started).count();
             log::Fields fields{{"event_id", event->id},
@@ -45,7 +48,7 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
             if (remaining->fetch_sub(1) == 1) self->finish_event();
         };
         try {
-            handler->deliver(event, std::move(done));
+            handler->deliver(event, done);
         } catch (const std::exception& e) {
             // A handler that throws has not called done; report for it.
             done({false, std::string("handler threw: ") + e.what()});

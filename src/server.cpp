@@ -43,13 +43,15 @@ constexpr std::size_t path_log_chars = 256;
 // One accepted socket. Its timer enforces deadlines without closing the socket (unlike
 // beast::tcp_stream), so a slow client can still be told 408.
 struct Connection : std::enable_shared_from_this<Connection> {
-    explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
+    explicit Connection(tcp::socket s)
+        : socket(std::move(s)), timer(socket.get_executor()), remote_address(remote()) {}
 
     tcp::socket socket;
     asio::steady_timer timer;
     std::uint64_t generation = 0;  // lets a stale timer completion know it is stale
     bool timed_out = false;
     bool idle = false;  // waiting for the first byte of the next request
+    std::string remote_address;
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -70,7 +72,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
         timer.cancel();
     }
 
-    std::string remote() const {
+    std::string remote() const {  // while the socket is open
         error_code ec;
         const auto ep = socket.remote_endpoint(ec);
         if (ec) return "unknown";
@@ -161,19 +163,20 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
                                try {
                                    std::rethrow_exception(e);
                                } catch (const std::exception& ex) {
-                                   log::error("connection failed", {{"remote", c->remote()}, {"error", ex.what()}});
+                                   log::error("connection failed", {{"remote", c->remote_address}, {"error", ex.what()}});
                                }
                            }
                            error_code close_ec;
                            c->socket.close(close_ec);
                            c->timer.cancel();
                            self->unregister(c);
+                           log::debug("connection closed", {{"remote", c->remote_address}});
                        });
     }
 }
 
 asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c) {
-    log::warn("connection refused", {{"remote", c->remote()}, {"status", 503}, {"error", "max_connections reached"}});
+    log::warn("connection refused", {{"remote", c->remote_address}, {"status", 503}, {"error", "max_connections reached"}});
     const auto r = error_response(503, "too many connections");
     const auto timeout = service.snapshot()->config.limits.request_timeout;
     if (co_await write_response(*c, r, 11, false, std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
@@ -218,7 +221,7 @@ asio::awaitable<void> Server::Impl::linger_and_close(Connection& c) {
 // The life of one connection, top to bottom: wait for a request, read its head, decide, read
 // its body, answer, and go round again while keep-alive holds.
 asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
-    const std::string remote = c->remote();
+    const std::string& remote = c->remote_address;
     beast::flat_buffer buffer;
     for (;;) {
         const auto runtime = service.snapshot();

@@ -1,0 +1,226 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <set>
+#include <thread>
+
+#include "sigsci/dispatcher.hpp"
+#include "sigsci/file_handler.hpp"
+#include "sigsci/log.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+EventPtr event_of(const std::string& body) {
+    auto env = parse_envelope(body);
+    EXPECT_TRUE(env) << env.error();
+    return make_event("/hook", body, std::move(env).value(), std::chrono::system_clock::now());
+}
+
+DeliveryOutcome deliver_now(Handler& h, const EventPtr& e) {
+    DeliveryOutcome out{false, "not called"};
+    h.deliver(e, [&](DeliveryOutcome o) { out = std::move(o); });
+    return out;
+}
+
+TEST(FileHandler, WritesOneCompactLinePerEventWithAllFields) {
+    test::TempDir dir;
+    FileHandler h("archive", dir / "events.jsonl");
+    const auto e = event_of(test::sample("flag"));  // pretty-printed sample
+    ASSERT_TRUE(deliver_now(h, e).ok);
+    const auto lines = test::read_lines(dir / "events.jsonl");
+    ASSERT_EQ(lines.size(), 1u);
+    const auto record = Json::parse(lines[0]);
+    EXPECT_EQ(record["id"], e->id);
+    EXPECT_EQ(record["received_at"], e->received_at);
+    EXPECT_EQ(record["endpoint"], "/hook");
+    EXPECT_EQ(record["type"], "flag");
+    EXPECT_EQ(record["payload"], Json::parse(test::sample("flag"))["payload"]);
+    EXPECT_EQ(record["link"], Json::parse(test::sample("flag"))["link"]);
+}
+
+TEST(FileHandler, ConcurrentWritersNeverTearOrInterleaveLines) {
+    test::TempDir dir;
+    FileHandler h("archive", dir / "events.jsonl");
+    constexpr int threads = 8;
+    constexpr int per_thread = 300;
+    // Bodies of very different sizes make torn or interleaved writes visible.
+    const auto big = event_of(R"({"type":"listUpdated","payload":{"entries":")" + std::string(70000, 'x') + R"("}})");
+    const auto small = event_of(test::sample("flag"));
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            for (int i = 0; i < per_thread; ++i) {
+                EXPECT_TRUE(deliver_now(h, (i + t) % 4 == 0 ? big : small).ok);
+            }
+        });
+    }
+    for (auto& t : pool) t.join();
+    const auto lines = test::read_lines(dir / "events.jsonl");
+    ASSERT_EQ(lines.size(), static_cast<std::size_t>(threads * per_thread));
+    for (const auto& line : lines) {
+        const auto record = Json::parse(line);  // throws on a torn line
+        EXPECT_TRUE(record["id"] == big->id || record["id"] == small->id);
+    }
+}
+
+TEST(FileHandler, ReopenFollowsLogrotate) {
+    test::TempDir dir;
+    FileHandler h("archive", dir / "events.jsonl");
+    ASSERT_TRUE(deliver_now(h, event_of(test::sample("flag"))).ok);
+    std::filesystem::rename(dir / "events.jsonl", dir / "events.jsonl.1");
+    ASSERT_TRUE(deliver_now(h, event_of(test::sample("flag"))).ok);  // still the old file
+    h.reopen();
+    ASSERT_TRUE(deliver_now(h, event_of(test::sample("flag"))).ok);
+    EXPECT_EQ(test::read_lines(dir / "events.jsonl.1").size(), 2u);
+    EXPECT_EQ(test::read_lines(dir / "events.jsonl").size(), 1u);
+}
+
+TEST(FileHandler, UnopenableFileFailsWithTheKeyPath) {
+    try {
+        FileHandler h("archive", "/nonexistent-dir/events.jsonl");
+        FAIL() << "opened a file in a missing directory";
+    } catch (const std::runtime_error& e) {
+        EXPECT_EQ(std::string(e.what()), "handlers.archive.path: cannot open /nonexistent-dir/events.jsonl: No such file or directory");
+    }
+}
+
+TEST(FileHandler, FailedWriteIsReportedNotSwallowed) {
+    // /dev/full accepts open() and fails every write with ENOSPC, like a full disk.
+    FileHandler h("archive", "/dev/full");
+    const auto out = deliver_now(h, event_of(test::sample("flag")));
+    EXPECT_FALSE(out.ok);
+    EXPECT_NE(out.error.find("No space left on device"), std::string::npos) << out.error;
+}
+
+// A handler whose deliveries block until released, to hold the dispatcher busy.
+class GateHandler final : public Handler {
+public:
+    GateHandler() : Handler("gate") {}
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        std::unique_lock lock(mutex_);
+        ++started_;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return open_; });
+        done({});
+    }
+    void open() {
+        std::lock_guard lock(mutex_);
+        open_ = true;
+        cv_.notify_all();
+    }
+    void wait_started(int n) {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [&] { return started_ >= n; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    int started_ = 0;
+    bool open_ = false;
+};
+
+class ThrowingHandler final : public Handler {
+public:
+    ThrowingHandler() : Handler("thrower") {}
+    void deliver(const EventPtr&, DeliveryDone) override { throw std::runtime_error("boom"); }
+};
+
+class CountingHandler final : public Handler {
+public:
+    explicit CountingHandler(std::string name) : Handler(std::move(name)) {}
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        ++count;
+        done({});
+    }
+    std::atomic<int> count{0};
+};
+
+class DispatcherTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        sink = std::make_shared<test::MemorySink>();
+        log::configure(log::Format::json, log::Level::debug, sink);
+    }
+    void TearDown() override { log::configure(log::Format::json, log::Level::info); }
+    std::shared_ptr<test::MemorySink> sink;
+};
+
+TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
+    Dispatcher d(2, 100);
+    auto a = std::make_shared<CountingHandler>("a");
+    auto b = std::make_shared<CountingHandler>("b");
+    const auto e = event_of(test::sample("flag"));
+    ASSERT_TRUE(d.submit(e, {a, b}));
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+    EXPECT_EQ(a->count, 1);
+    EXPECT_EQ(b->count, 1);
+    int outcomes = 0;
+    for (const auto& line : sink->lines()) {
+        const auto j = Json::parse(line);
+        if (j["msg"] != "delivery") continue;
+        ++outcomes;
+        EXPECT_EQ(j["event_id"], e->id);
+        EXPECT_EQ(j["status"], "delivered");
+        EXPECT_EQ(j["attempt"], 1);
+        EXPECT_EQ(j["type"], "flag");
+    }
+    EXPECT_EQ(outcomes, 2);
+}
+
+TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
+    Dispatcher d(2, 100);
+    auto other = std::make_shared<CountingHandler>("other");
+    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {std::make_shared<ThrowingHandler>(), other}));
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+    EXPECT_EQ(other->count, 1);
+    EXPECT_TRUE(sink->wait_for([](const std::string& l) {
+        const auto j = Json::parse(l);
+        return j["msg"] == "delivery" && j["handler"] == "thrower" && j["status"] == "failed" &&
+               j["error"] == "handler threw: boom" && j["level"] == "error";
+    }));
+}
+
+TEST_F(DispatcherTest, RefusesBeyondMaxPendingEvents) {
+    Dispatcher d(2, 1);
+    auto gate = std::make_shared<GateHandler>();
+    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    gate->wait_started(1);
+    EXPECT_FALSE(d.submit(event_of(test::sample("flag")), {gate}));
+    EXPECT_EQ(d.pending_events(), 1u);
+    gate->open();
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+    EXPECT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+}
+
+TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
+    Dispatcher d(2, 100);
+    auto gate = std::make_shared<GateHandler>();
+    auto fast = std::make_shared<CountingHandler>("fast");
+    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    gate->wait_started(1);
+    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {fast}));
+    // The fast delivery completes while the gate still holds a thread.
+    EXPECT_TRUE(sink->wait_for([](const std::string& l) { return l.find("\"handler\":\"fast\"") != std::string::npos; }));
+    EXPECT_EQ(fast->count, 1);
+    gate->open();
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+}
+
+TEST_F(DispatcherTest, StopFinishesQueuedDeliveries) {
+    auto counter = std::make_shared<CountingHandler>("c");
+    {
+        Dispatcher d(1, 1000);
+        for (int i = 0; i < 200; ++i) ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {counter}));
+        d.stop();
+        EXPECT_FALSE(d.submit(event_of(test::sample("flag")), {counter}));
+    }
+    EXPECT_EQ(counter->count, 200);
+}
+
+}  // namespace
+}  // namespace sigsci

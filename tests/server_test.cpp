@@ -1,0 +1,512 @@
+// The daemon in-process on 127.0.0.1 port 0, driven over loopback with raw bytes.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "sigsci/daemon.hpp"
+#include "sigsci/log.hpp"
+#include "sigsci/signature.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+using test::RawClient;
+
+class ServerTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        logs = std::make_shared<test::MemorySink>();
+        log::configure(log::Format::json, log::Level::debug, logs);
+        test::write_file(dir / "key-one", "test-key-one\n");
+        test::write_file(dir / "key-two", "test-key-two\n");
+    }
+
+    void TearDown() override {
+        if (daemon) daemon->shutdown();
+        daemon.reset();
+        log::configure(log::Format::json, log::Level::info);
+    }
+
+    std::string config_text(const std::string& limits, const std::string& listen, const std::string& keys) const {
+        return R"({
+          "listen": )" + listen + R"(,
+          "threads": 2,
+          "limits": {)" + limits + R"(},
+          "endpoints": [
+            {"path": "/sigsci/test", "signing_keys": )" + keys + R"(,
+             "routes": [{"types": ["*"], "handlers": ["archive", "audit"]}]},
+            {"path": "/sigsci/unrouted", "signing_keys": [{"file": "key-one"}]}
+          ],
+          "handlers": {"archive": {"kind": "file", "path": "events.jsonl"},
+                       "audit": {"kind": "log", "payload": "summary"}}
+        })";
+    }
+
+    void start(const std::string& limits = "", const std::string& listen = R"(["127.0.0.1:0"])",
+               const std::string& keys = R"([{"file": "key-one"}, {"file": "key-two"}])") {
+        test::write_file(dir / "config.json", config_text(limits, listen, keys));
+        auto cfg = load_config(dir / "config.json");
+        ASSERT_TRUE(cfg) << cfg.error();
+        daemon = std::make_unique<Daemon>(std::move(cfg).value());
+        daemon->start();
+        port = daemon->ports().at(0);
+    }
+
+    static std::string sign(const std::string& body, const std::string& key = "test-key-one") {
+        return to_hex(hmac_sha256(key, body));
+    }
+
+    std::vector<Json> archived() {
+        EXPECT_TRUE(daemon->wait_deliveries_idle(std::chrono::seconds(10)));
+        std::vector<Json> out;
+        for (const auto& line : test::read_lines(dir / "events.jsonl")) out.push_back(Json::parse(line));
+        return out;
+    }
+
+    test::HttpResponse exchange(const std::string& request) {
+        RawClient c(port);
+        c.send(request);
+        return c.read_response();
+    }
+
+    bool logged(const std::function<bool(const Json&)>& pred) {
+        return logs->wait_for([&](const std::string& l) { return pred(Json::parse(l)); });
+    }
+
+    test::TempDir dir;
+    std::shared_ptr<test::MemorySink> logs;
+    std::unique_ptr<Daemon> daemon;
+    std::uint16_t port = 0;
+};
+
+TEST_F(ServerTest, EverySampleIsAcceptedAndArchivedExactly) {
+    start();
+    std::map<std::string, std::string> ids;  // event id -> type
+    RawClient c(port);
+    for (const auto& type : test::sample_types()) {
+        const auto body = test::sample(type);
+        c.send(test::post("/sigsci/test", body, sign(body)));
+        const auto r = c.read_response();
+        ASSERT_EQ(r.status, 200) << type << ": " << r.body;
+        const auto answer = Json::parse(r.body);
+        EXPECT_EQ(answer["status"], "accepted");
+        ids[answer["id"].get<std::string>()] = type;
+    }
+    const auto records = archived();
+    ASSERT_EQ(records.size(), test::sample_types().size());
+    for (const auto& record : records) {
+        const auto type = ids.at(record["id"].get<std::string>());
+        const auto original = Json::parse(test::sample(type));
+        EXPECT_EQ(record["type"], type);
+        EXPECT_EQ(record["endpoint"], "/sigsci/test");
+        for (const auto& [key, value] : original.items()) EXPECT_EQ(record[key], value) << type << "." << key;
+    }
+}
+
+TEST_F(ServerTest, RequestLogLineCarriesTheContractFields) {
+    start();
+    const auto body = test::sample("flag");
+    const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
+    ASSERT_EQ(r.status, 200);
+    const auto id = Json::parse(r.body)["id"];
+    EXPECT_TRUE(logged([&](const Json& j) {
+        return j["msg"] == "request" && j["event_id"] == id && j["status"] == 200 &&
+               j["endpoint"] == "/sigsci/test" && j["type"] == "flag" && j.contains("remote") &&
+               j.contains("duration_ms") && j.contains("ts") && j["level"] == "info";
+    }));
+    EXPECT_TRUE(logged([&](const Json& j) {
+        return j["msg"] == "delivery" && j["event_id"] == id && j["handler"] == "archive" && j["status"] == "delivered";
+    }));
+    EXPECT_TRUE(logged([&](const Json& j) { return j["msg"] == "event" && j["event_id"] == id && j["handler"] == "audit"; }));
+}
+
+TEST_F(ServerTest, UnknownPathIs404) {
+    start();
+    const auto r = exchange(test::post("/other", "{}", sign("{}")));
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(r.body, R"({"error":"not found"})");
+    EXPECT_EQ(r.header("content-type"), "application/json");
+}
+
+TEST_F(ServerTest, GetOnEndpointIs405WithAllowPost) {
+    start();
+    const auto r = exchange("GET /sigsci/test HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(r.status, 405);
+    EXPECT_EQ(r.header("allow"), "POST");
+    EXPECT_EQ(r.body, R"({"error":"method not allowed"})");
+}
+
+TEST_F(ServerTest, HealthzIs200WhenReady) {
+    start();
+    const auto r = exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, R"({"status":"ok"})");
+}
+
+// The declared size alone is enough: the body is never sent, so a server that waited for it
+// would answer 408 instead.
+TEST_F(ServerTest, DeclaredOversizeBodyIs413WithoutReadingIt) {
+    start(R"("max_body_bytes": 1000, "request_timeout_ms": 60000)");
+    RawClient c(port);
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-SigSci-Signature: " + std::string(64, 'a') +
+           "\r\nContent-Length: 1001\r\n\r\n");
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 413);
+    EXPECT_EQ(r.body, R"({"error":"body too large"})");
+    EXPECT_EQ(r.header("connection"), "close");
+}
+
+TEST_F(ServerTest, BodyExactlyAtTheLimitIsAccepted) {
+    start(R"("max_body_bytes": 1000)");
+    std::string body = R"({"type":"flag","payload":")";
+    body += std::string(1000 - body.size() - 3, 'x') + "\"}";
+    ASSERT_EQ(body.size(), 999u);
+    body.insert(body.size() - 2, "y");
+    ASSERT_EQ(body.size(), 1000u);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+}
+
+TEST_F(ServerTest, ChunkedBodyOverTheLimitIs413) {
+    start(R"("max_body_bytes": 1000)");
+    RawClient c(port);
+    const std::string chunk(600, 'x');
+    std::string req = "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-SigSci-Signature: " + std::string(64, 'a') +
+                      "\r\nTransfer-Encoding: chunked\r\n\r\n";
+    req += "258\r\n" + chunk + "\r\n258\r\n" + chunk + "\r\n0\r\n\r\n";
+    c.send(req);
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 413);
+    EXPECT_EQ(r.header("connection"), "close");
+}
+
+TEST_F(ServerTest, ChunkedBodyIsAcceptedAndSignatureCoversTheDecodedBytes) {
+    start();
+    const auto body = test::sample("agentAlert");
+    std::string req = "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-SigSci-Signature: " + sign(body) +
+                      "\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (std::size_t i = 0; i < body.size(); i += 100) {
+        const auto part = body.substr(i, 100);
+        char size[16];
+        std::snprintf(size, sizeof size, "%zx", part.size());
+        req += std::string(size) + "\r\n" + part + "\r\n";
+    }
+    req += "0\r\n\r\n";
+    const auto r = exchange(req);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto records = archived();
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0]["type"], "agentAlert");
+}
+
+TEST_F(ServerTest, MissingMalformedAndWrongSignaturesAre401AndLookAlike) {
+    start();
+    const auto body = test::sample("flag");
+    const std::vector<std::optional<std::string>> bad = {
+        std::nullopt, "", "not-hex", sign(body).substr(0, 63), sign(body) + "0",
+        sign(body, "wrong-key"), sign(body + " "),
+    };
+    for (const auto& s : bad) {
+        const auto r = exchange(test::post("/sigsci/test", body, s));
+        EXPECT_EQ(r.status, 401) << (s ? *s : "(none)");
+        EXPECT_EQ(r.body, R"({"error":"unauthorized"})");
+    }
+    EXPECT_TRUE(archived().empty());
+    EXPECT_TRUE(logged([](const Json& j) { return j["status"] == 401 && j["error"] == "signature mismatch"; }));
+}
+
+TEST_F(ServerTest, UppercaseHexSignatureIsAccepted) {
+    start();
+    const auto body = test::sample("flag");
+    auto s = sign(body);
+    for (auto& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, s)).status, 200);
+}
+
+TEST_F(ServerTest, EitherRotationKeyVerifies) {
+    start();
+    const auto body = test::sample("listCreated");
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-one"))).status, 200);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 200);
+}
+
+TEST_F(ServerTest, SignedInvalidEnvelopesAre400) {
+    start();
+    for (const std::string body : {"[1,2,3]", "{\"payload\":{}}", "{\"type\":42}", "{not json"}) {
+        const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
+        EXPECT_EQ(r.status, 400) << body;
+        EXPECT_NO_THROW(static_cast<void>(Json::parse(r.body).at("error")));
+    }
+    EXPECT_TRUE(archived().empty());
+}
+
+TEST_F(ServerTest, UnsignedGarbageIs401NotParsed) {
+    start();
+    EXPECT_EQ(exchange(test::post("/sigsci/test", "{not json", std::string(64, 'f'))).status, 401);
+}
+
+TEST_F(ServerTest, Expect100ContinueGetsInterimAnswerThenTheBody) {
+    start();
+    const auto body = test::sample("flag");
+    RawClient c(port);
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX-SigSci-Signature: " + sign(body) +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n");
+    const auto interim = c.read_response();
+    EXPECT_EQ(interim.status, 100);
+    c.send(body);
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 200) << r.body;
+}
+
+TEST_F(ServerTest, Expect100ContinueOnUnknownPathGetsTheFinalAnswerInstead) {
+    start();
+    RawClient c(port);
+    c.send("POST /nope HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n");
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 404);
+}
+
+TEST_F(ServerTest, KeepAliveServesManyRequestsOnOneConnection) {
+    start();
+    RawClient c(port);
+    for (int i = 0; i < 5; ++i) {
+        const auto body = test::sample("flag");
+        c.send(test::post("/sigsci/test", body, sign(body)));
+        const auto r = c.read_response();
+        EXPECT_EQ(r.status, 200);
+        EXPECT_NE(r.header("connection"), "close");
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        EXPECT_EQ(c.read_response().status, 200);
+    }
+    EXPECT_EQ(archived().size(), 5u);
+}
+
+TEST_F(ServerTest, PipelinedRequestsAreAnsweredInOrder) {
+    start();
+    const auto a = test::sample("flag");
+    const auto b = test::sample("expireFlag");
+    RawClient c(port);
+    c.send(test::post("/sigsci/test", a, sign(a)) + "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" +
+           test::post("/sigsci/test", b, sign(b)));
+    EXPECT_EQ(c.read_response().status, 200);
+    EXPECT_EQ(c.read_response().status, 404);
+    EXPECT_EQ(c.read_response().status, 200);
+}
+
+TEST_F(ServerTest, ConnectionCloseIsHonoured) {
+    start();
+    RawClient c(port);
+    c.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(c.read_response().header("connection"), "close");
+    EXPECT_TRUE(c.peer_closed());
+}
+
+TEST_F(ServerTest, ClientTooSlowWithHeadersGets408) {
+    start(R"("request_timeout_ms": 200)");
+    RawClient c(port);
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\n");  // and then nothing
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 408);
+    EXPECT_EQ(r.body, R"({"error":"request timeout"})");
+    EXPECT_TRUE(c.peer_closed());
+}
+
+TEST_F(ServerTest, ClientTooSlowWithBodyGets408AndNothingIsKept) {
+    start(R"("request_timeout_ms": 200)");
+    const auto body = test::sample("flag");
+    RawClient c(port);
+    c.send(test::post("/sigsci/test", body, sign(body)).substr(0, 200 + body.size() / 2));
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 408);
+    EXPECT_TRUE(archived().empty());
+}
+
+TEST_F(ServerTest, IdleConnectionIsClosedSilently) {
+    start(R"("idle_timeout_ms": 100)");
+    RawClient c(port);
+    c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(c.read_response().status, 200);
+    EXPECT_TRUE(c.peer_closed());  // no 408 for a client that was merely idle
+}
+
+TEST_F(ServerTest, OversizedHeadersGet431) {
+    start(R"("max_header_bytes": 2048)");
+    const auto r = exchange("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-Junk: " + std::string(4096, 'j') + "\r\n\r\n");
+    EXPECT_EQ(r.status, 431);
+}
+
+TEST_F(ServerTest, MalformedRequestIs400) {
+    start();
+    EXPECT_EQ(exchange("HELLO\r\n\r\n").status, 400);
+    EXPECT_EQ(exchange("POST /sigsci/test HTTP/1.1\r\nContent-Length: abc\r\n\r\n").status, 400);
+}
+
+TEST_F(ServerTest, ConnectionsBeyondMaxAreRefusedWith503) {
+    start(R"("max_connections": 2)");
+    RawClient a(port);
+    RawClient b(port);
+    // A request answered on each proves both are registered before the third arrives.
+    for (auto* c : {&a, &b}) {
+        c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        ASSERT_EQ(c->read_response().status, 200);
+    }
+    RawClient third(port);
+    third.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    const auto r = third.read_response();
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.body, R"({"error":"too many connections"})");
+    // Once a slot frees, new connections are served again.
+    a.close();
+    ASSERT_TRUE(logged([](const Json& j) { return j["msg"] == "connection closed"; }));
+    RawClient fourth(port);
+    fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(fourth.read_response().status, 200);
+}
+
+TEST_F(ServerTest, ClientVanishingMidBodyLeavesNothingAndServerServesOn) {
+    start();
+    const auto body = test::sample("flag");
+    {
+        RawClient c(port);
+        c.send(test::post("/sigsci/test", body, sign(body)).substr(0, 250));
+    }  // closed mid-body
+    const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(archived().size(), 1u);
+}
+
+TEST_F(ServerTest, UnroutedEventIsAcceptedAndLoggedAsUnrouted) {
+    start();
+    const std::string body = R"({"type":"somethingNew","payload":{}})";
+    const auto r = exchange(test::post("/sigsci/unrouted", body, sign(body)));
+    ASSERT_EQ(r.status, 200);
+    const auto id = Json::parse(r.body)["id"];
+    EXPECT_TRUE(logged([&](const Json& j) { return j["msg"] == "unrouted" && j["event_id"] == id && j["type"] == "somethingNew"; }));
+    EXPECT_TRUE(archived().empty());
+}
+
+TEST_F(ServerTest, HostileTypeCannotForgeLogLines) {
+    start();
+    const std::string body = R"({"type":"flag\"}\n{\"level\":\"error\",\"msg\":\"forged\"}"})";
+    ASSERT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+    ASSERT_TRUE(daemon->wait_deliveries_idle(std::chrono::seconds(10)));
+    const std::string expected_type = "flag\"}\n{\"level\":\"error\",\"msg\":\"forged\"}";
+    int seen = 0;
+    for (const auto& line : logs->lines()) {
+        ASSERT_EQ(line.find('\n'), std::string::npos);
+        const auto j = Json::parse(line);
+        EXPECT_NE(j["msg"], "forged");
+        if (j.contains("type") && j["type"] == expected_type) ++seen;
+    }
+    EXPECT_GE(seen, 2);  // the request line and the deliveries carry it, escaped
+}
+
+TEST_F(ServerTest, ReloadSwapsKeysAndBadReloadKeepsTheOldConfig) {
+    start("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])");
+    const auto body = test::sample("flag");
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-one"))).status, 200);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 401);
+
+    // Rotate: the config now trusts key two only.
+    test::write_file(dir / "config.json", config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-two"}])"));
+    ASSERT_TRUE(daemon->reload());
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 200);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-one"))).status, 401);
+
+    // A broken file is refused and the running config stays.
+    test::write_file(dir / "config.json", R"({"listen": ["127.0.0.1:0"], "endpoints": [{"path": "/x", "signing_keys": [{"value": ""}]}]})");
+    EXPECT_FALSE(daemon->reload());
+    EXPECT_TRUE(logged([](const Json& j) {
+        return j["msg"] == "reload failed" && j["error"].get<std::string>().find("endpoints[0].signing_keys[0].value: key is empty") != std::string::npos;
+    }));
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 200);
+}
+
+TEST_F(ServerTest, ReloadReopensTheArchiveFile) {
+    start();
+    const auto body = test::sample("flag");
+    ASSERT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+    ASSERT_EQ(archived().size(), 1u);
+    std::filesystem::rename(dir / "events.jsonl", dir / "events.jsonl.1");
+    ASSERT_TRUE(daemon->reload());
+    ASSERT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+    EXPECT_EQ(archived().size(), 1u);
+    EXPECT_EQ(test::read_lines(dir / "events.jsonl.1").size(), 1u);
+}
+
+TEST_F(ServerTest, ServesIpv6AndIpv4ListenersTogether) {
+    start("", R"(["127.0.0.1:0", "[::1]:0"])");
+    const auto ports = daemon->ports();
+    ASSERT_EQ(ports.size(), 2u);
+    std::unique_ptr<RawClient> v6;
+    try {
+        v6 = std::make_unique<RawClient>(ports[1], true);
+    } catch (const std::exception& e) {
+        GTEST_SKIP() << "no IPv6 loopback here: " << e.what();
+    }
+    const auto body = test::sample("flag");
+    v6->send(test::post("/sigsci/test", body, sign(body)));
+    EXPECT_EQ(v6->read_response().status, 200);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+}
+
+TEST_F(ServerTest, BindFailureNamesTheAddress) {
+    start();
+    const std::string busy = "127.0.0.1:" + std::to_string(port);
+    auto cfg = parse_config(config_text("", "[\"" + busy + "\"]", R"([{"file": "key-one"}])"), "t.json", dir.path());
+    ASSERT_TRUE(cfg) << cfg.error();
+    Daemon second(std::move(cfg).value());
+    try {
+        second.start();
+        FAIL() << "bound a port that is in use";
+    } catch (const std::runtime_error& e) {
+        EXPECT_EQ(std::string(e.what()).find("listen " + busy + ": bind: "), 0u) << e.what();
+    }
+}
+
+TEST_F(ServerTest, ShutdownFinishesTheRequestInFlightAndItsDelivery) {
+    start(R"("drain_timeout_ms": 30000)");
+    const auto body = test::sample("flag");
+    const auto request = test::post("/sigsci/test", body, sign(body));
+    RawClient c(port);
+    c.send(request.substr(0, request.size() - 10));  // in flight: the body is not complete yet
+    // A second, idle keep-alive connection must not hold the drain up for 30 s.
+    RawClient idle(port);
+    idle.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_EQ(idle.read_response().status, 200);
+    std::thread stopper([&] { daemon->shutdown(); });
+    EXPECT_TRUE(idle.peer_closed());
+    c.send(request.substr(request.size() - 10));
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 200);
+    stopper.join();
+    const auto lines = test::read_lines(dir / "events.jsonl");
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(Json::parse(lines[0])["id"], Json::parse(r.body)["id"]);
+    EXPECT_THROW(RawClient{port}, std::runtime_error);  // no longer listening
+}
+
+TEST_F(ServerTest, ConcurrentClientsAllGetTheirEventsArchived) {
+    start();
+    constexpr int clients = 8;
+    constexpr int per_client = 50;
+    std::vector<std::thread> threads;
+    std::atomic<int> ok{0};
+    for (int t = 0; t < clients; ++t) {
+        threads.emplace_back([&, t] {
+            RawClient c(port);
+            const auto types = test::sample_types();
+            for (int i = 0; i < per_client; ++i) {
+                const auto body = test::sample(types[static_cast<std::size_t>(t * per_client + i) % types.size()]);
+                c.send(test::post("/sigsci/test", body, sign(body)));
+                if (c.read_response().status == 200) ++ok;
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ok, clients * per_client);
+    EXPECT_EQ(archived().size(), static_cast<std::size_t>(clients * per_client));
+}
+
+}  // namespace
+}  // namespace sigsci

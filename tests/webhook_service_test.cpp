@@ -1,0 +1,156 @@
+#include "sigsci/webhook_service.hpp"
+
+#include <gtest/gtest.h>
+
+#include "sigsci/log.hpp"
+#include "sigsci/signature.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+class FakeSink final : public EventSink {
+public:
+    bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) override {
+        if (!accept) return false;
+        events.push_back(event);
+        routed.push_back({});
+        for (const auto& h : handlers) routed.back().push_back(h->name());
+        return true;
+    }
+    bool accept = true;
+    std::vector<EventPtr> events;
+    std::vector<std::vector<std::string>> routed;
+};
+
+const char* config_json = R"({
+  "listen": ["127.0.0.1:0"],
+  "limits": {"max_body_bytes": 1000},
+  "endpoints": [{"path": "/hook", "signing_keys": [{"value": "old"}, {"value": "new"}],
+                 "routes": [{"types": ["flag"], "handlers": ["b"]}, {"types": ["*"], "handlers": ["a", "b"]}]},
+                {"path": "/quiet", "signing_keys": [{"value": "q"}]}],
+  "handlers": {"a": {"kind": "log"}, "b": {"kind": "log", "payload": "none"}}
+})";
+
+class WebhookServiceTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        sink_log = std::make_shared<test::MemorySink>();
+        log::configure(log::Format::json, log::Level::debug, sink_log);
+        auto cfg = parse_config(config_json, "t.json", ".");
+        ASSERT_TRUE(cfg) << cfg.error();
+        service = std::make_unique<WebhookService>(Runtime::build(std::move(cfg).value()), sink);
+        rt = service->snapshot();
+    }
+    void TearDown() override { log::configure(log::Format::json, log::Level::info); }
+
+    std::variant<Response, const EndpointConfig*> head(std::string_view method, std::string_view target,
+                                                       std::optional<std::uint64_t> length = 10) {
+        return service->route_head(*rt, RequestHead{method, target, length});
+    }
+    const EndpointConfig& hook() { return *rt->config.find_endpoint("/hook"); }
+
+    std::shared_ptr<test::MemorySink> sink_log;
+    FakeSink sink;
+    std::unique_ptr<WebhookService> service;
+    std::shared_ptr<const Runtime> rt;
+};
+
+TEST_F(WebhookServiceTest, UnknownPathIs404) {
+    auto d = head("POST", "/nope");
+    ASSERT_TRUE(std::holds_alternative<Response>(d));
+    EXPECT_EQ(std::get<Response>(d).status, 404);
+    EXPECT_EQ(std::get<Response>(d).body, R"({"error":"not found"})");
+}
+
+TEST_F(WebhookServiceTest, WrongMethodIs405WithAllowPost) {
+    for (auto method : {"GET", "PUT", "DELETE", "HEAD", "PATCH"}) {
+        auto d = head(method, "/hook");
+        ASSERT_TRUE(std::holds_alternative<Response>(d)) << method;
+        EXPECT_EQ(std::get<Response>(d).status, 405);
+        EXPECT_EQ(std::get<Response>(d).allow, "POST");
+    }
+}
+
+TEST_F(WebhookServiceTest, PathIsCheckedBeforeMethodBeforeSize) {
+    EXPECT_EQ(std::get<Response>(head("GET", "/nope", 5000)).status, 404);
+    EXPECT_EQ(std::get<Response>(head("GET", "/hook", 5000)).status, 405);
+    EXPECT_EQ(std::get<Response>(head("POST", "/hook", 1001)).status, 413);
+}
+
+TEST_F(WebhookServiceTest, BodyAtTheLimitOrChunkedGoesOnToBeRead) {
+    EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook", 1000)));
+    EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook", std::nullopt)));
+}
+
+TEST_F(WebhookServiceTest, QueryStringIsIgnoredForRouting) {
+    EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook?source=sigsci")));
+}
+
+TEST_F(WebhookServiceTest, HealthzAnswers503UntilReady) {
+    EXPECT_EQ(std::get<Response>(head("GET", "/healthz")).status, 503);
+    service->set_ready(true);
+    EXPECT_EQ(std::get<Response>(head("GET", "/healthz")).status, 200);
+    EXPECT_EQ(std::get<Response>(head("POST", "/healthz")).allow, "GET");
+}
+
+TEST_F(WebhookServiceTest, EveryVerificationFailureLooksTheSameToTheClient) {
+    const std::string body = R"({"type":"flag"})";
+    const auto missing = service->handle_body(*rt, hook(), "", body);
+    const auto malformed = service->handle_body(*rt, hook(), "abc", body);
+    const auto mismatch = service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", body)), body);
+    for (const auto* r : {&missing, &malformed, &mismatch}) {
+        EXPECT_EQ(r->status, 401);
+        EXPECT_EQ(r->body, R"({"error":"unauthorized"})");
+    }
+    EXPECT_EQ(missing.error, "signature missing");
+    EXPECT_EQ(malformed.error, "signature malformed");
+    EXPECT_EQ(mismatch.error, "signature mismatch");
+    EXPECT_TRUE(sink.events.empty());
+}
+
+TEST_F(WebhookServiceTest, SignatureIsCheckedBeforeTheBodyIsParsed) {
+    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", "not json")), "not json");
+    EXPECT_EQ(r.status, 401);
+}
+
+TEST_F(WebhookServiceTest, SignedButInvalidEnvelopeIs400) {
+    const std::string body = R"({"payload":{}})";
+    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("new", body)), body);
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.body, R"({"error":"envelope has no \"type\""})");
+    EXPECT_TRUE(sink.events.empty());
+}
+
+TEST_F(WebhookServiceTest, AcceptedEventIsRoutedAndAnsweredWithItsId) {
+    const auto body = test::sample("flag");
+    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("old", body)), body);
+    ASSERT_EQ(r.status, 200);
+    ASSERT_EQ(sink.events.size(), 1u);
+    EXPECT_EQ(r.body, R"({"id":")" + sink.events[0]->id + R"(","status":"accepted"})");
+    EXPECT_EQ(sink.events[0]->body, body);  // the raw bytes, not a re-serialisation
+    EXPECT_EQ(sink.events[0]->endpoint, "/hook");
+    EXPECT_EQ(sink.routed[0], (std::vector<std::string>{"b", "a"}));
+}
+
+TEST_F(WebhookServiceTest, UnroutedEventIsAcceptedAndLogged) {
+    const std::string body = R"({"type":"flag"})";
+    const auto& quiet = *rt->config.find_endpoint("/quiet");
+    const auto r = service->handle_body(*rt, quiet, to_hex(hmac_sha256("q", body)), body);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(sink_log->wait_for([&](const std::string& l) {
+        const auto j = Json::parse(l);
+        return j["msg"] == "unrouted" && j["event_id"] == r.event_id && j["type"] == "flag";
+    }));
+}
+
+TEST_F(WebhookServiceTest, RefusedBySinkIs503) {
+    sink.accept = false;
+    const std::string body = R"({"type":"flag"})";
+    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("new", body)), body);
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.body, R"({"error":"overloaded"})");
+}
+
+}  // namespace
+}  // namespace sigsci
