@@ -58,13 +58,15 @@ int check_config(const std::string& config_file) {
                   << ep.routes.size() << " route(s)\n";
         for (const auto& r : ep.routes) {
             std::cout << "  [";
-            for (std::size_t i = 0; i < r.types.size(); ++i) std::cout << (i ? ", " : "") << r.types[i];
+            for (std::size_t i = 0; i < r.types.size(); ++i)
+                std::cout << (i ? ", " : "") << r.types[i];
             std::cout << "] ->";
             for (const auto& h : r.handlers) std::cout << " " << h;
             std::cout << "\n";
         }
     }
-    for (const auto& h : c.handlers) std::cout << "handler " << h.name << " (" << h.kind << "): " << h.summary << "\n";
+    for (const auto& h : c.handlers)
+        std::cout << "handler " << h.name << " (" << h.kind << "): " << h.summary << "\n";
     for (const auto& w : c.warnings) std::cout << "warning: " << w << "\n";
     return exit_ok;
 }

@@ -34,18 +34,22 @@ ListenConfig parse_listen_address(const ConfigNode& node) {
         if (close == std::string::npos) node.fail("must look like \"[::1]:8080\"");
         out.host = text.substr(1, close - 1);
         port_text = text.substr(close + 2);
-        if (!is_ip_literal(out.host, true)) node.fail("\"" + out.host + "\" is not an IPv6 address");
+        if (!is_ip_literal(out.host, true))
+            node.fail("\"" + out.host + "\" is not an IPv6 address");
     } else {
         const auto colon = text.rfind(':');
         if (colon == std::string::npos) node.fail("must look like \"127.0.0.1:8080\"");
         out.host = text.substr(0, colon);
         port_text = text.substr(colon + 1);
         if (!is_ip_literal(out.host, false)) {
-            node.fail("\"" + out.host + "\" is not an IPv4 address (IPv6 goes in brackets; host names are not resolved)");
+            node.fail(
+                "\"" + out.host +
+                "\" is not an IPv4 address (IPv6 goes in brackets; host names are not resolved)");
         }
     }
     if (port_text.empty() || port_text.size() > 5 ||
-        !std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !std::all_of(port_text.begin(), port_text.end(),
+                     [](char c) { return c >= '0' && c <= '9'; }) ||
         std::stoul(port_text) > 65535) {
         node.fail("port must be a number from 0 to 65535");
     }
@@ -59,8 +63,9 @@ ListenConfig parse_listen(const ConfigNode& node) {
     auto out = parse_listen_address(obj.require("address"));
     if (obj.get("tls")) {
         ConfigNode(obj.require("tls").json(), obj.path() + ".tls")
-            .fail("TLS listeners are not supported by this version yet; use a plain listener "
-                  "behind a TLS-terminating proxy");
+            .fail(
+                "TLS listeners are not supported by this version yet; use a plain listener "
+                "behind a TLS-terminating proxy");
     }
     obj.finish();
     return out;
@@ -91,7 +96,8 @@ LogSettings parse_log(ConfigObject obj) {
     }
     if (auto n = obj.get("level")) {
         auto l = log::parse_level(n->as_string());
-        if (!l) n->fail("must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", \"off\"");
+        if (!l)
+            n->fail("must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", \"off\"");
         s.level = *l;
     }
     obj.finish();
@@ -126,7 +132,8 @@ std::string read_key_source(const ConfigNode& node, const ConfigContext& ctx) {
         }
         const char* dir = std::getenv("CREDENTIALS_DIRECTORY");
         if (dir == nullptr || *dir == '\0') {
-            c->fail("$CREDENTIALS_DIRECTORY is not set (credentials need systemd's LoadCredential=)");
+            c->fail(
+                "$CREDENTIALS_DIRECTORY is not set (credentials need systemd's LoadCredential=)");
         }
         auto r = read_key_file(std::filesystem::path(dir) / name);
         if (!r) c->fail(r.error());
@@ -174,8 +181,8 @@ std::vector<HandlerSpec> parse_handlers(ConfigObject obj, const ConfigContext& c
         if (it == kinds.end()) {
             std::string known;
             for (const auto& k : kinds) known += (known.empty() ? "" : ", ") + std::string(k.kind);
-            cfg.require("kind").fail("unknown handler kind \"" + kind + "\" (this version has: " +
-                                     known + ")");
+            cfg.require("kind").fail("unknown handler kind \"" + kind +
+                                     "\" (this version has: " + known + ")");
         }
         auto spec = it->parse(name, cfg, ctx);
         spec.name = name;
@@ -251,7 +258,8 @@ Result<std::string> read_key_file(const std::filesystem::path& path) {
     char buf[4096];
     while (in.read(buf, sizeof buf) || in.gcount() > 0) {
         key.append(buf, static_cast<std::size_t>(in.gcount()));
-        if (key.size() > max_key_file_bytes) return Error{path.string() + " is too large for a key"};
+        if (key.size() > max_key_file_bytes)
+            return Error{path.string() + " is too large for a key"};
     }
     while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
     if (key.empty()) return Error{path.string() + " holds an empty key"};
@@ -296,11 +304,13 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
         }
         root.finish();
         for (const auto& h : cfg.handlers) {
-            const bool used = std::any_of(cfg.endpoints.begin(), cfg.endpoints.end(), [&](const auto& ep) {
-                return std::any_of(ep.routes.begin(), ep.routes.end(), [&](const auto& r) {
-                    return std::find(r.handlers.begin(), r.handlers.end(), h.name) != r.handlers.end();
+            const bool used =
+                std::any_of(cfg.endpoints.begin(), cfg.endpoints.end(), [&](const auto& ep) {
+                    return std::any_of(ep.routes.begin(), ep.routes.end(), [&](const auto& r) {
+                        return std::find(r.handlers.begin(), r.handlers.end(), h.name) !=
+                               r.handlers.end();
+                    });
                 });
-            });
             if (!used) cfg.warnings.push_back("handlers." + h.name + ": not used by any route");
         }
     } catch (const ConfigError& e) {

@@ -10,7 +10,9 @@ std::string located(const std::string& path, std::string_view problem) {
 }
 }  // namespace
 
-void ConfigNode::fail(std::string_view problem) const { throw ConfigError(located(path_, problem)); }
+void ConfigNode::fail(std::string_view problem) const {
+    throw ConfigError(located(path_, problem));
+}
 
 std::string ConfigNode::as_string() const {
     if (!value_->is_string()) fail("must be a string");
@@ -24,8 +26,9 @@ std::string ConfigNode::as_nonempty_string() const {
 }
 
 std::uint64_t ConfigNode::as_uint(std::uint64_t min, std::uint64_t max) const {
-    if (!value_->is_number_integer() || (value_->is_number_integer() && !value_->is_number_unsigned() &&
-                                         value_->get<std::int64_t>() < 0)) {
+    if (!value_->is_number_integer() ||
+        (value_->is_number_integer() && !value_->is_number_unsigned() &&
+         value_->get<std::int64_t>() < 0)) {
         fail("must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
     }
     const auto v = value_->get<std::uint64_t>();
@@ -40,7 +43,9 @@ bool ConfigNode::as_bool() const {
     return value_->get<bool>();
 }
 
-ConfigObject ConfigNode::as_object() const { return ConfigObject(*value_, path_); }
+ConfigObject ConfigNode::as_object() const {
+    return ConfigObject(*value_, path_);
+}
 
 std::vector<ConfigNode> ConfigNode::as_array() const {
     if (!value_->is_array()) fail("must be an array");
@@ -57,13 +62,17 @@ ConfigObject::ConfigObject(const Json& value, std::string path)
     if (!value.is_object()) fail("must be an object");
 }
 
-void ConfigObject::fail(std::string_view problem) const { throw ConfigError(located(path_, problem)); }
+void ConfigObject::fail(std::string_view problem) const {
+    throw ConfigError(located(path_, problem));
+}
 
 std::string ConfigObject::child_path(std::string_view key) const {
     return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
 }
 
-bool ConfigObject::has(std::string_view key) const { return value_->contains(key); }
+bool ConfigObject::has(std::string_view key) const {
+    return value_->contains(key);
+}
 
 std::optional<ConfigNode> ConfigObject::get(std::string_view key) {
     seen_.emplace(key);

@@ -59,7 +59,9 @@ struct Daemon::Impl {
 
 Daemon::Daemon(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
 
-Daemon::~Daemon() { shutdown(); }
+Daemon::~Daemon() {
+    shutdown();
+}
 
 void Daemon::start() {
     const auto runtime = impl_->service.snapshot();
@@ -76,8 +78,12 @@ void Daemon::start() {
                         {"handlers", runtime->config.handlers.size()}});
 }
 
-std::vector<std::string> Daemon::bound_addresses() const { return impl_->server.bound_addresses(); }
-std::vector<std::uint16_t> Daemon::ports() const { return impl_->server.ports(); }
+std::vector<std::string> Daemon::bound_addresses() const {
+    return impl_->server.bound_addresses();
+}
+std::vector<std::uint16_t> Daemon::ports() const {
+    return impl_->server.ports();
+}
 
 bool Daemon::reload() {
     const auto file = impl_->service.snapshot()->config.file;
@@ -102,7 +108,8 @@ bool Daemon::reload(Result<Config> next) {
     const Config& cfg = runtime->config;
     log_warnings(cfg);
     if (!same_listeners(current->config, cfg)) {
-        log::warn("config warning", {{"warning", "changes to listen and threads take effect at restart"}});
+        log::warn("config warning",
+                  {{"warning", "changes to listen and threads take effect at restart"}});
     }
     log::set_format(cfg.log.format);
     log::set_level(cfg.log.level);
@@ -123,7 +130,8 @@ void Daemon::shutdown() {
     impl_->service.set_ready(false);
     impl_->server.stop_accepting();
     if (!impl_->server.wait_connections_closed(drain)) {
-        log::warn("drain timeout: closing connections", {{"connections", impl_->server.connection_count()}});
+        log::warn("drain timeout: closing connections",
+                  {{"connections", impl_->server.connection_count()}});
         impl_->server.close_all();
         impl_->server.wait_connections_closed(std::chrono::seconds(1));
     }
@@ -182,6 +190,8 @@ bool Daemon::wait_deliveries_idle(std::chrono::milliseconds timeout) {
     return impl_->dispatcher.wait_idle(timeout);
 }
 
-std::size_t Daemon::connection_count() const { return impl_->server.connection_count(); }
+std::size_t Daemon::connection_count() const {
+    return impl_->server.connection_count();
+}
 
 }  // namespace sigsci

@@ -12,7 +12,8 @@
 namespace sigsci {
 
 struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
-    Impl(unsigned threads, std::uint64_t max_pending) : pool(threads), max_pending_events(max_pending) {}
+    Impl(unsigned threads, std::uint64_t max_pending)
+        : pool(threads), max_pending_events(max_pending) {}
 
     boost::asio::thread_pool pool;
     std::atomic<std::uint64_t> max_pending_events;
@@ -35,14 +36,16 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
         auto done = [self, event, handler, remaining, started, reported](DeliveryOutcome outcome) {
             if (reported->exchange(true)) return;
             const double ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - started).count();
-            log::Fields fields{{"event_id", event->id},
-                               {"endpoint", event->endpoint},
-                               {"type", event->envelope.type},
-                               {"handler", handler->name()},
-                               {"attempt", 1},
-                               {"status", outcome.ok ? "delivered" : "failed"},
-                               {"duration_ms", static_cast<double>(static_cast<long>(ms * 1000)) / 1000}};
+                                  std::chrono::steady_clock::now() - started)
+                                  .count();
+            log::Fields fields{
+                {"event_id", event->id},
+                {"endpoint", event->endpoint},
+                {"type", event->envelope.type},
+                {"handler", handler->name()},
+                {"attempt", 1},
+                {"status", outcome.ok ? "delivered" : "failed"},
+                {"duration_ms", static_cast<double>(static_cast<long>(ms * 1000)) / 1000}};
             if (!outcome.ok) fields["error"] = outcome.error;
             log::write(outcome.ok ? log::Level::info : log::Level::error, "delivery", fields);
             if (remaining->fetch_sub(1) == 1) self->finish_event();
@@ -59,7 +62,9 @@ struct Dispatcher::Impl : std::enable_shared_from_this<Impl> {
 Dispatcher::Dispatcher(unsigned threads, std::uint64_t max_pending_events)
     : impl_(std::make_shared<Impl>(threads == 0 ? 1 : threads, max_pending_events)) {}
 
-Dispatcher::~Dispatcher() { stop(); }
+Dispatcher::~Dispatcher() {
+    stop();
+}
 
 bool Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers) {
     if (handlers.empty()) return true;
@@ -70,14 +75,17 @@ bool Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers)
     }
     auto remaining = std::make_shared<std::atomic<std::size_t>>(handlers.size());
     for (auto& handler : handlers) {
-        boost::asio::post(impl_->pool, [impl = impl_, event, handler = std::move(handler), remaining] {
-            impl->run_delivery(event, handler, remaining);
-        });
+        boost::asio::post(impl_->pool,
+                          [impl = impl_, event, handler = std::move(handler), remaining] {
+                              impl->run_delivery(event, handler, remaining);
+                          });
     }
     return true;
 }
 
-void Dispatcher::set_max_pending_events(std::uint64_t n) { impl_->max_pending_events.store(n); }
+void Dispatcher::set_max_pending_events(std::uint64_t n) {
+    impl_->max_pending_events.store(n);
+}
 
 std::uint64_t Dispatcher::pending_events() const {
     std::lock_guard lock(impl_->mutex);

@@ -10,9 +10,15 @@ const Json& field_or_null(const Json& doc, const char* name) {
 }
 }  // namespace
 
-const Json& Envelope::created() const { return field_or_null(doc, "created"); }
-const Json& Envelope::payload() const { return field_or_null(doc, "payload"); }
-const Json& Envelope::link() const { return field_or_null(doc, "link"); }
+const Json& Envelope::created() const {
+    return field_or_null(doc, "created");
+}
+const Json& Envelope::payload() const {
+    return field_or_null(doc, "payload");
+}
+const Json& Envelope::link() const {
+    return field_or_null(doc, "link");
+}
 
 Result<Envelope> parse_envelope(std::string_view body) {
     bool too_deep = false;

@@ -44,14 +44,16 @@ void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
             const ssize_t n = ::write(fd_, line.data() + written, line.size() - written);
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0) {
-                outcome = {false, "write " + path_.string() + ": " + std::strerror(n < 0 ? errno : EIO)};
+                outcome = {false,
+                           "write " + path_.string() + ": " + std::strerror(n < 0 ? errno : EIO)};
                 break;
             }
             written += static_cast<std::size_t>(n);
         }
         // Half a line would corrupt the archive for every reader after it; take it back.
         if (!outcome.ok && written > 0 && start >= 0) {
-            if (::ftruncate(fd_, start) != 0) outcome.error += " (and could not cut back the partial line)";
+            if (::ftruncate(fd_, start) != 0)
+                outcome.error += " (and could not cut back the partial line)";
         }
     }
     done(std::move(outcome));
@@ -60,9 +62,9 @@ void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
 void FileHandler::reopen() {
     const int fd = open_for_append(path_);
     if (fd < 0) {
-        log::error("reopen failed", {{"handler", name()},
-                                     {"path", path_.string()},
-                                     {"error", std::strerror(errno)}});
+        log::error(
+            "reopen failed",
+            {{"handler", name()}, {"path", path_.string()}, {"error", std::strerror(errno)}});
         return;  // keep writing to the old descriptor rather than lose events
     }
     std::lock_guard lock(mutex_);
@@ -70,7 +72,8 @@ void FileHandler::reopen() {
     fd_ = fd;
 }
 
-HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg, const ConfigContext& ctx) {
+HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg,
+                               const ConfigContext& ctx) {
     std::filesystem::path path = cfg.require("path").as_nonempty_string();
     if (path.is_relative()) path = ctx.base_dir / path;
     cfg.finish();

@@ -15,12 +15,18 @@ namespace {
 
 spdlog::level::level_enum to_spdlog(Level level) {
     switch (level) {
-        case Level::trace: return spdlog::level::trace;
-        case Level::debug: return spdlog::level::debug;
-        case Level::info: return spdlog::level::info;
-        case Level::warn: return spdlog::level::warn;
-        case Level::error: return spdlog::level::err;
-        case Level::off: return spdlog::level::off;
+        case Level::trace:
+            return spdlog::level::trace;
+        case Level::debug:
+            return spdlog::level::debug;
+        case Level::info:
+            return spdlog::level::info;
+        case Level::warn:
+            return spdlog::level::warn;
+        case Level::error:
+            return spdlog::level::err;
+        case Level::off:
+            return spdlog::level::off;
     }
     return spdlog::level::info;
 }
@@ -33,9 +39,9 @@ std::string dump(const Json& value) {
 bool is_bare_word(std::string_view s) {
     if (s.empty()) return false;
     for (unsigned char c : s) {
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                        c == '.' || c == '_' || c == '-' || c == ':' || c == '/' || c == '@' ||
-                        c == '+' || c == '[' || c == ']';
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' || c == ':' ||
+                        c == '/' || c == '@' || c == '+' || c == '[' || c == ']';
         if (!ok) return false;
     }
     return true;
@@ -84,12 +90,18 @@ std::optional<Level> parse_level(std::string_view name) {
 
 std::string_view to_string(Level level) {
     switch (level) {
-        case Level::trace: return "trace";
-        case Level::debug: return "debug";
-        case Level::info: return "info";
-        case Level::warn: return "warn";
-        case Level::error: return "error";
-        case Level::off: return "off";
+        case Level::trace:
+            return "trace";
+        case Level::debug:
+            return "debug";
+        case Level::info:
+            return "info";
+        case Level::warn:
+            return "warn";
+        case Level::error:
+            return "error";
+        case Level::off:
+            return "off";
     }
     return "info";
 }
@@ -150,19 +162,25 @@ void configure(Format format, Level level, std::shared_ptr<spdlog::sinks::sink> 
     s.logger = std::move(logger);
 }
 
-void set_format(Format format) { state().format.store(format); }
+void set_format(Format format) {
+    state().format.store(format);
+}
 
-void set_level(Level level) { current_logger()->set_level(to_spdlog(level)); }
+void set_level(Level level) {
+    current_logger()->set_level(to_spdlog(level));
+}
 
-bool enabled(Level level) { return current_logger()->should_log(to_spdlog(level)); }
+bool enabled(Level level) {
+    return current_logger()->should_log(to_spdlog(level));
+}
 
 void write(Level level, std::string_view msg, const Fields& fields) {
     auto logger = current_logger();
     const auto spd_level = to_spdlog(level);
     if (!logger->should_log(spd_level)) return;
-    const std::string line = format_line(state().format.load(),
-                                         format_rfc3339_ms(std::chrono::system_clock::now()),
-                                         level, msg, fields);
+    const std::string line =
+        format_line(state().format.load(), format_rfc3339_ms(std::chrono::system_clock::now()),
+                    level, msg, fields);
     logger->log(spd_level, "{}", line);
 }
 

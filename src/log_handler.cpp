@@ -33,7 +33,8 @@ void LogHandler::deliver(const EventPtr& event, DeliveryDone done) {
                        {"created", event->envelope.created()},
                        {"link", event->envelope.link()}};
     if (mode_ == PayloadMode::full) fields["payload"] = event->envelope.payload();
-    if (mode_ == PayloadMode::summary) fields["payload"] = summarize_payload(event->envelope.payload());
+    if (mode_ == PayloadMode::summary)
+        fields["payload"] = summarize_payload(event->envelope.payload());
     log::info("event", fields);
     done({});
 }
@@ -43,10 +44,14 @@ HandlerSpec parse_log_handler(const std::string& name, ConfigObject& cfg, const 
     std::string mode_name = "full";
     if (auto n = cfg.get("payload")) {
         mode_name = n->as_string();
-        if (mode_name == "full") mode = PayloadMode::full;
-        else if (mode_name == "summary") mode = PayloadMode::summary;
-        else if (mode_name == "none") mode = PayloadMode::none;
-        else n->fail("must be \"full\", \"summary\" or \"none\"");
+        if (mode_name == "full")
+            mode = PayloadMode::full;
+        else if (mode_name == "summary")
+            mode = PayloadMode::summary;
+        else if (mode_name == "none")
+            mode = PayloadMode::none;
+        else
+            n->fail("must be \"full\", \"summary\" or \"none\"");
     }
     cfg.finish();
     return HandlerSpec{name, "log", "payload: " + mode_name,

@@ -157,29 +157,32 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
             asio::co_spawn(c->socket.get_executor(), refuse(c), asio::detached);
             continue;
         }
-        asio::co_spawn(c->socket.get_executor(), session(c),
-                       [self, c](std::exception_ptr e) {
-                           if (e) {
-                               try {
-                                   std::rethrow_exception(e);
-                               } catch (const std::exception& ex) {
-                                   log::error("connection failed", {{"remote", c->remote_address}, {"error", ex.what()}});
-                               }
-                           }
-                           error_code close_ec;
-                           c->socket.close(close_ec);
-                           c->timer.cancel();
-                           self->unregister(c);
-                           log::debug("connection closed", {{"remote", c->remote_address}});
-                       });
+        asio::co_spawn(c->socket.get_executor(), session(c), [self, c](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    log::error("connection failed",
+                               {{"remote", c->remote_address}, {"error", ex.what()}});
+                }
+            }
+            error_code close_ec;
+            c->socket.close(close_ec);
+            c->timer.cancel();
+            self->unregister(c);
+            log::debug("connection closed", {{"remote", c->remote_address}});
+        });
     }
 }
 
 asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c) {
-    log::warn("connection refused", {{"remote", c->remote_address}, {"status", 503}, {"error", "max_connections reached"}});
+    log::warn(
+        "connection refused",
+        {{"remote", c->remote_address}, {"status", 503}, {"error", "max_connections reached"}});
     const auto r = error_response(503, "too many connections");
     const auto timeout = service.snapshot()->config.limits.request_timeout;
-    if (co_await write_response(*c, r, 11, false, std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
+    if (co_await write_response(*c, r, 11, false,
+                                std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
         co_await linger_and_close(*c);
     }
     error_code ignored;
@@ -275,13 +278,16 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
                     http::response<http::empty_body> cont{http::status::continue_, version};
                     auto [wec, wn] = co_await http::async_write(c->socket, cont, use_tuple);
                     if (wec) {
-                        if (c->timed_out) res = error_response(408, "request timeout");
-                        else break;
+                        if (c->timed_out)
+                            res = error_response(408, "request timeout");
+                        else
+                            break;
                     }
                 }
                 if (!c->timed_out) {
                     parser.body_limit(limits.max_body_bytes);
-                    auto [bec, bn] = co_await http::async_read(c->socket, buffer, parser, use_tuple);
+                    auto [bec, bn] =
+                        co_await http::async_read(c->socket, buffer, parser, use_tuple);
                     if (bec) {
                         auto answer = answer_for_read_error(*c, bec);
                         if (!answer) break;
@@ -291,7 +297,8 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
                         c->disarm();
                         read_all = true;
                         const std::string signature(req["X-SigSci-Signature"]);
-                        res = service.handle_body(*runtime, endpoint, signature, std::move(req.body()));
+                        res = service.handle_body(*runtime, endpoint, signature,
+                                                  std::move(req.body()));
                     }
                 }
             }
@@ -299,8 +306,11 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         }
         c->disarm();
 
-        const bool written = co_await write_response(*c, res, version, keep_alive, limits.request_timeout);
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+        const bool written =
+            co_await write_response(*c, res, version, keep_alive, limits.request_timeout);
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+                .count();
         log::Fields fields{{"remote", remote}};
         if (!method.empty()) fields["method"] = method;
         if (!path.empty()) fields["path"] = path;
@@ -358,7 +368,9 @@ void Server::listen(const std::vector<ListenConfig>& addresses) {
     }
 }
 
-std::vector<std::string> Server::bound_addresses() const { return impl_->bound; }
+std::vector<std::string> Server::bound_addresses() const {
+    return impl_->bound;
+}
 
 std::vector<std::uint16_t> Server::ports() const {
     std::vector<std::uint16_t> out;

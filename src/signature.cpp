@@ -16,8 +16,8 @@ Digest hmac_sha256(std::string_view key, std::string_view data) {
     const auto* key_ptr = key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data());
     const auto* data_ptr =
         data.empty() ? &empty : reinterpret_cast<const unsigned char*>(data.data());
-    if (HMAC(EVP_sha256(), key_ptr, static_cast<int>(key.size()), data_ptr, data.size(),
-             out.data(), &out_len) == nullptr ||
+    if (HMAC(EVP_sha256(), key_ptr, static_cast<int>(key.size()), data_ptr, data.size(), out.data(),
+             &out_len) == nullptr ||
         out_len != out.size()) {
         throw std::runtime_error("HMAC-SHA256 failed inside OpenSSL");
     }
@@ -71,10 +71,14 @@ SignatureCheck verify_signature(std::string_view header, std::string_view body,
 
 std::string_view to_string(SignatureCheck check) {
     switch (check) {
-        case SignatureCheck::ok: return "ok";
-        case SignatureCheck::missing: return "signature missing";
-        case SignatureCheck::malformed: return "signature malformed";
-        case SignatureCheck::mismatch: return "signature mismatch";
+        case SignatureCheck::ok:
+            return "ok";
+        case SignatureCheck::missing:
+            return "signature missing";
+        case SignatureCheck::malformed:
+            return "signature malformed";
+        case SignatureCheck::mismatch:
+            return "signature mismatch";
     }
     return "unknown";
 }

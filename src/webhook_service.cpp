@@ -97,7 +97,8 @@ Response WebhookService::handle_body(const Runtime& runtime, const EndpointConfi
         return r;
     }
     if (unrouted) {
-        log::warn("unrouted", {{"event_id", event->id}, {"endpoint", endpoint.path}, {"type", type}});
+        log::warn("unrouted",
+                  {{"event_id", event->id}, {"endpoint", endpoint.path}, {"type", type}});
     }
     Response r;
     r.body = Json{{"id", event->id}, {"status", "accepted"}}.dump();

@@ -56,7 +56,8 @@ TEST(Config, DefaultsMatchTheDocumentation) {
 }
 
 TEST(Config, CommentsAreAllowed) {
-    auto r = parse("// leading\n" + config_text(one_endpoint, one_handler, R"("threads": 3, // trailing
+    auto r =
+        parse("// leading\n" + config_text(one_endpoint, one_handler, R"("threads": 3, // trailing
     /* block */)"));
     ASSERT_TRUE(r) << r.error();
     EXPECT_EQ(r.value().threads, 3u);
@@ -70,25 +71,32 @@ TEST(Config, SyntaxErrorNamesFileAndPosition) {
 }
 
 TEST(Config, UnknownKeysAreRefusedWithTheirPath) {
-    expect_error(config_text(one_endpoint, one_handler, R"("bogus": 1,)"), "test.json: bogus: unknown key");
+    expect_error(config_text(one_endpoint, one_handler, R"("bogus": 1,)"),
+                 "test.json: bogus: unknown key");
     expect_error(config_text(one_endpoint, one_handler, R"("limits": {"max_body": 5},)"),
                  "test.json: limits.max_body: unknown key");
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "log", "colour": "red"}})"),
                  "test.json: handlers.audit.colour: unknown key");
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": ["*"], "handlers": ["audit"], "when": 1}]}])", one_handler),
-                 "test.json: endpoints[0].routes[0].when: unknown key");
+    expect_error(
+        config_text(
+            R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": ["*"], "handlers": ["audit"], "when": 1}]}])",
+            one_handler),
+        "test.json: endpoints[0].routes[0].when: unknown key");
 }
 
 TEST(Config, UnknownHandlerInRouteNamesTheElement) {
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [
+    expect_error(
+        config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [
         {"types": ["*"], "handlers": ["audit"]},
-        {"types": ["flag"], "handlers": ["nope", "audit"]}]}])", one_handler),
-                 "test.json: endpoints[0].routes[1].handlers[0]: no handler named \"nope\" in \"handlers\"");
+        {"types": ["flag"], "handlers": ["nope", "audit"]}]}])",
+                    one_handler),
+        "test.json: endpoints[0].routes[1].handlers[0]: no handler named \"nope\" in \"handlers\"");
 }
 
 TEST(Config, DuplicatePathsAreRefused) {
     expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}]},
-                                {"path": "/a", "signing_keys": [{"value": "k"}]}])", "{}"),
+                                {"path": "/a", "signing_keys": [{"value": "k"}]}])",
+                             "{}"),
                  "test.json: endpoints[1].path: duplicate path /a");
 }
 
@@ -99,16 +107,22 @@ TEST(Config, EmptyKeysAreRefused) {
                  "test.json: endpoints[0].signing_keys: needs at least one key");
     test::TempDir dir;
     test::write_file(dir / "empty.key", "\n");
-    auto r = parse(config_text(R"([{"path": "/a", "signing_keys": [{"file": "empty.key"}]}])", "{}"), dir.path());
+    auto r =
+        parse(config_text(R"([{"path": "/a", "signing_keys": [{"file": "empty.key"}]}])", "{}"),
+              dir.path());
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error(), "test.json: endpoints[0].signing_keys[0].file: " + (dir / "empty.key").string() + " holds an empty key");
+    EXPECT_EQ(r.error(), "test.json: endpoints[0].signing_keys[0].file: " +
+                             (dir / "empty.key").string() + " holds an empty key");
 }
 
 TEST(Config, KeySourceNeedsExactlyOneKind) {
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k", "env": "X"}]}])", "{}"),
-                 "test.json: endpoints[0].signing_keys[0]: needs exactly one of \"file\", \"env\", \"credential\", \"value\"");
+    expect_error(
+        config_text(R"([{"path": "/a", "signing_keys": [{"value": "k", "env": "X"}]}])", "{}"),
+        "test.json: endpoints[0].signing_keys[0]: needs exactly one of \"file\", \"env\", "
+        "\"credential\", \"value\"");
     expect_error(config_text(R"([{"path": "/a", "signing_keys": [{}]}])", "{}"),
-                 "test.json: endpoints[0].signing_keys[0]: needs exactly one of \"file\", \"env\", \"credential\", \"value\"");
+                 "test.json: endpoints[0].signing_keys[0]: needs exactly one of \"file\", \"env\", "
+                 "\"credential\", \"value\"");
 }
 
 TEST(Config, KeyFileHasTrailingNewlinesTrimmedAndResolvesRelativeToConfig) {
@@ -116,16 +130,21 @@ TEST(Config, KeyFileHasTrailingNewlinesTrimmedAndResolvesRelativeToConfig) {
     test::write_file(dir / "a.key", "secret-a\n");
     test::write_file(dir / "b.key", "secret b \r\n");
     auto r = parse(config_text(R"([{"path": "/a", "signing_keys": [{"file": "a.key"}, {"file": ")" +
-                                   (dir / "b.key").string() + R"("}]}])", "{}"),
+                                   (dir / "b.key").string() + R"("}]}])",
+                               "{}"),
                    dir.path());
     ASSERT_TRUE(r) << r.error();
-    EXPECT_EQ(r.value().endpoints[0].signing_keys, (std::vector<std::string>{"secret-a", "secret b "}));
+    EXPECT_EQ(r.value().endpoints[0].signing_keys,
+              (std::vector<std::string>{"secret-a", "secret b "}));
 }
 
 TEST(Config, MissingKeyFileNamesThePath) {
-    auto r = parse(config_text(R"([{"path": "/a", "signing_keys": [{"file": "/nonexistent/k"}]}])", "{}"));
+    auto r = parse(
+        config_text(R"([{"path": "/a", "signing_keys": [{"file": "/nonexistent/k"}]}])", "{}"));
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error(), "test.json: endpoints[0].signing_keys[0].file: cannot read /nonexistent/k: No such file or directory");
+    EXPECT_EQ(r.error(),
+              "test.json: endpoints[0].signing_keys[0].file: cannot read /nonexistent/k: No such "
+              "file or directory");
 }
 
 TEST(Config, EnvAndCredentialKeySources) {
@@ -134,16 +153,26 @@ TEST(Config, EnvAndCredentialKeySources) {
     test::TempDir creds;
     test::write_file(creds / "prod-key", "from-credential\n");
     ::setenv("CREDENTIALS_DIRECTORY", creds.path().c_str(), 1);
-    auto r = parse(config_text(R"([{"path": "/a", "signing_keys": [{"env": "SIGSCI_TEST_KEY_A"}, {"credential": "prod-key"}]}])", "{}"));
+    auto r = parse(config_text(
+        R"([{"path": "/a", "signing_keys": [{"env": "SIGSCI_TEST_KEY_A"}, {"credential": "prod-key"}]}])",
+        "{}"));
     ASSERT_TRUE(r) << r.error();
-    EXPECT_EQ(r.value().endpoints[0].signing_keys, (std::vector<std::string>{"from-env", "from-credential"}));
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"env": "SIGSCI_TEST_KEY_MISSING"}]}])", "{}"),
-                 "test.json: endpoints[0].signing_keys[0].env: environment variable SIGSCI_TEST_KEY_MISSING is not set");
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"credential": "../etc/passwd"}]}])", "{}"),
-                 "test.json: endpoints[0].signing_keys[0].credential: must be a credential name, not a path");
+    EXPECT_EQ(r.value().endpoints[0].signing_keys,
+              (std::vector<std::string>{"from-env", "from-credential"}));
+    expect_error(
+        config_text(R"([{"path": "/a", "signing_keys": [{"env": "SIGSCI_TEST_KEY_MISSING"}]}])",
+                    "{}"),
+        "test.json: endpoints[0].signing_keys[0].env: environment variable SIGSCI_TEST_KEY_MISSING "
+        "is not set");
+    expect_error(
+        config_text(R"([{"path": "/a", "signing_keys": [{"credential": "../etc/passwd"}]}])", "{}"),
+        "test.json: endpoints[0].signing_keys[0].credential: must be a credential name, not a "
+        "path");
     ::unsetenv("CREDENTIALS_DIRECTORY");
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"credential": "prod-key"}]}])", "{}"),
-                 "test.json: endpoints[0].signing_keys[0].credential: $CREDENTIALS_DIRECTORY is not set (credentials need systemd's LoadCredential=)");
+    expect_error(
+        config_text(R"([{"path": "/a", "signing_keys": [{"credential": "prod-key"}]}])", "{}"),
+        "test.json: endpoints[0].signing_keys[0].credential: $CREDENTIALS_DIRECTORY is not set "
+        "(credentials need systemd's LoadCredential=)");
     ::unsetenv("SIGSCI_TEST_KEY_A");
 }
 
@@ -155,13 +184,17 @@ TEST(Config, InlineKeyValueIsWarnedAbout) {
 }
 
 TEST(Config, KeysNeverAppearInErrors) {
-    auto r = parse(config_text(R"([{"path": "/a", "signing_keys": [{"value": "TOP-SECRET-KEY"}], "routes": [{"types": ["*"], "handlers": ["x"]}]}])", "{}"));
+    auto r = parse(config_text(
+        R"([{"path": "/a", "signing_keys": [{"value": "TOP-SECRET-KEY"}], "routes": [{"types": ["*"], "handlers": ["x"]}]}])",
+        "{}"));
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().find("TOP-SECRET-KEY"), std::string::npos) << r.error();
 }
 
 TEST(Config, ListenAddresses) {
-    auto r = parse(R"({"listen": ["127.0.0.1:8080", "[::1]:9090", {"address": "0.0.0.0:0"}], "endpoints": )" + one_endpoint + R"(, "handlers": )" + one_handler + "}");
+    auto r = parse(
+        R"({"listen": ["127.0.0.1:8080", "[::1]:9090", {"address": "0.0.0.0:0"}], "endpoints": )" +
+        one_endpoint + R"(, "handlers": )" + one_handler + "}");
     ASSERT_TRUE(r) << r.error();
     const auto& l = r.value().listen;
     ASSERT_EQ(l.size(), 3u);
@@ -171,28 +204,37 @@ TEST(Config, ListenAddresses) {
     EXPECT_EQ(l[1].port, 9090);
     EXPECT_EQ(l[2].host, "0.0.0.0");
     auto with_listen = [&](const std::string& listen) {
-        return R"({"listen": )" + listen + R"(, "endpoints": )" + one_endpoint + R"(, "handlers": )" + one_handler + "}";
+        return R"({"listen": )" + listen + R"(, "endpoints": )" + one_endpoint +
+               R"(, "handlers": )" + one_handler + "}";
     };
     expect_error(with_listen(R"(["localhost:80"])"),
-                 "test.json: listen[0]: \"localhost\" is not an IPv4 address (IPv6 goes in brackets; host names are not resolved)");
-    expect_error(with_listen(R"(["127.0.0.1:70000"])"), "test.json: listen[0]: port must be a number from 0 to 65535");
-    expect_error(with_listen(R"(["127.0.0.1"])"), "test.json: listen[0]: must look like \"127.0.0.1:8080\"");
+                 "test.json: listen[0]: \"localhost\" is not an IPv4 address (IPv6 goes in "
+                 "brackets; host names are not resolved)");
+    expect_error(with_listen(R"(["127.0.0.1:70000"])"),
+                 "test.json: listen[0]: port must be a number from 0 to 65535");
+    expect_error(with_listen(R"(["127.0.0.1"])"),
+                 "test.json: listen[0]: must look like \"127.0.0.1:8080\"");
     expect_error(with_listen(R"([])"), "test.json: listen: needs at least one address");
     expect_error(with_listen(R"([{"address": "0.0.0.0:8443", "tls": {"cert": "c", "key": "k"}}])"),
-                 "test.json: listen[0].tls: TLS listeners are not supported by this version yet; use a plain listener behind a TLS-terminating proxy");
+                 "test.json: listen[0].tls: TLS listeners are not supported by this version yet; "
+                 "use a plain listener behind a TLS-terminating proxy");
 }
 
 TEST(Config, NumbersAreRangeChecked) {
-    expect_error(config_text(one_endpoint, one_handler, R"("threads": -1,)"), "test.json: threads: must be a whole number from 0 to 256");
-    expect_error(config_text(one_endpoint, one_handler, R"("threads": 1.5,)"), "test.json: threads: must be a whole number from 0 to 256");
+    expect_error(config_text(one_endpoint, one_handler, R"("threads": -1,)"),
+                 "test.json: threads: must be a whole number from 0 to 256");
+    expect_error(config_text(one_endpoint, one_handler, R"("threads": 1.5,)"),
+                 "test.json: threads: must be a whole number from 0 to 256");
     expect_error(config_text(one_endpoint, one_handler, R"("limits": {"max_body_bytes": 0},)"),
                  "test.json: limits.max_body_bytes: must be a whole number from 1 to 1073741824");
-    expect_error(config_text(one_endpoint, one_handler, R"("limits": {"request_timeout_ms": "15s"},)"),
-                 "test.json: limits.request_timeout_ms: must be a whole number from 1 to 86400000");
+    expect_error(
+        config_text(one_endpoint, one_handler, R"("limits": {"request_timeout_ms": "15s"},)"),
+        "test.json: limits.request_timeout_ms: must be a whole number from 1 to 86400000");
 }
 
 TEST(Config, LogSettings) {
-    auto r = parse(config_text(one_endpoint, one_handler, R"("log": {"format": "text", "level": "debug"},)"));
+    auto r = parse(
+        config_text(one_endpoint, one_handler, R"("log": {"format": "text", "level": "debug"},)"));
     ASSERT_TRUE(r) << r.error();
     EXPECT_EQ(r.value().log.format, log::Format::text);
     EXPECT_EQ(r.value().log.level, log::Level::debug);
@@ -205,43 +247,62 @@ TEST(Config, EndpointPaths) {
                  "test.json: endpoints[0].path: must start with '/'");
     expect_error(config_text(R"([{"path": "/healthz", "signing_keys": [{"value": "k"}]}])", "{}"),
                  "test.json: endpoints[0].path: /healthz is reserved for the health check");
-    expect_error(config_text(R"([{"path": "/a?b", "signing_keys": [{"value": "k"}]}])", "{}"),
-                 "test.json: endpoints[0].path: must not contain spaces, control characters, '?' or '#'");
-    expect_error(R"({"listen": ["127.0.0.1:0"], "endpoints": []})", "test.json: endpoints: needs at least one endpoint");
+    expect_error(
+        config_text(R"([{"path": "/a?b", "signing_keys": [{"value": "k"}]}])", "{}"),
+        "test.json: endpoints[0].path: must not contain spaces, control characters, '?' or '#'");
+    expect_error(R"({"listen": ["127.0.0.1:0"], "endpoints": []})",
+                 "test.json: endpoints: needs at least one endpoint");
     expect_error(R"({"listen": ["127.0.0.1:0"]})", "test.json: missing required key \"endpoints\"");
 }
 
 TEST(Config, RoutesNeedTypesAndHandlers) {
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": [], "handlers": ["audit"]}]}])", one_handler),
-                 "test.json: endpoints[0].routes[0].types: must not be empty");
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": ["flag"]}]}])", one_handler),
-                 "test.json: endpoints[0].routes[0]: missing required key \"handlers\"");
-    expect_error(config_text(R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": [""], "handlers": ["audit"]}]}])", one_handler),
-                 "test.json: endpoints[0].routes[0].types[0]: must not be empty");
+    expect_error(
+        config_text(
+            R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": [], "handlers": ["audit"]}]}])",
+            one_handler),
+        "test.json: endpoints[0].routes[0].types: must not be empty");
+    expect_error(
+        config_text(
+            R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": ["flag"]}]}])",
+            one_handler),
+        "test.json: endpoints[0].routes[0]: missing required key \"handlers\"");
+    expect_error(
+        config_text(
+            R"([{"path": "/a", "signing_keys": [{"value": "k"}], "routes": [{"types": [""], "handlers": ["audit"]}]}])",
+            one_handler),
+        "test.json: endpoints[0].routes[0].types[0]: must not be empty");
 }
 
 TEST(Config, HandlerKindsAreValidated) {
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "carrier-pigeon"}})"),
-                 "test.json: handlers.audit.kind: unknown handler kind \"carrier-pigeon\" (this version has: log, file)");
+                 "test.json: handlers.audit.kind: unknown handler kind \"carrier-pigeon\" (this "
+                 "version has: log, file)");
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "file"}})"),
                  "test.json: handlers.audit: missing required key \"path\"");
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "log", "payload": "most"}})"),
                  "test.json: handlers.audit.payload: must be \"full\", \"summary\" or \"none\"");
-    expect_error(config_text(one_endpoint, R"({"audit": {}})"), "test.json: handlers.audit: missing required key \"kind\"");
-    expect_error(config_text(one_endpoint, R"({"audit": {"kind": "log"}, "bad name": {"kind": "log"}})"),
-                 "test.json: handlers.bad name: handler names may use only letters, digits, '-', '_' and '.'");
+    expect_error(config_text(one_endpoint, R"({"audit": {}})"),
+                 "test.json: handlers.audit: missing required key \"kind\"");
+    expect_error(
+        config_text(one_endpoint, R"({"audit": {"kind": "log"}, "bad name": {"kind": "log"}})"),
+        "test.json: handlers.bad name: handler names may use only letters, digits, '-', '_' and "
+        "'.'");
 }
 
 TEST(Config, FileHandlerPathResolvesAgainstConfigDirectory) {
-    auto r = parse(config_text(one_endpoint, R"({"audit": {"kind": "file", "path": "out/events.jsonl"}})"), "/etc/sigsci");
+    auto r = parse(
+        config_text(one_endpoint, R"({"audit": {"kind": "file", "path": "out/events.jsonl"}})"),
+        "/etc/sigsci");
     ASSERT_TRUE(r) << r.error();
     EXPECT_EQ(r.value().handlers[0].summary, "path: /etc/sigsci/out/events.jsonl");
 }
 
 TEST(Config, UnusedHandlerIsWarnedAbout) {
-    auto r = parse(config_text(one_endpoint, R"({"audit": {"kind": "log"}, "spare": {"kind": "log"}})"));
+    auto r =
+        parse(config_text(one_endpoint, R"({"audit": {"kind": "log"}, "spare": {"kind": "log"}})"));
     ASSERT_TRUE(r) << r.error();
-    EXPECT_NE(std::find(r.value().warnings.begin(), r.value().warnings.end(), "handlers.spare: not used by any route"),
+    EXPECT_NE(std::find(r.value().warnings.begin(), r.value().warnings.end(),
+                        "handlers.spare: not used by any route"),
               r.value().warnings.end());
 }
 

@@ -65,14 +65,17 @@ TEST(Envelope, DeepNestingIsRefusedNotRecursedInto) {
     const std::string deep = "{\"type\":\"flag\",\"payload\":" + std::string(100000, '[') +
                              std::string(100000, ']') + "}";
     EXPECT_EQ(parse_envelope(deep).error(), "body is nested too deeply");
-    const std::string ok = "{\"type\":\"flag\",\"payload\":" + std::string(100, '[') + std::string(100, ']') + "}";
+    const std::string ok =
+        "{\"type\":\"flag\",\"payload\":" + std::string(100, '[') + std::string(100, ']') + "}";
     EXPECT_TRUE(parse_envelope(ok));
 }
 
 TEST(Envelope, ArchiveRecordPutsOurFieldsFirstAndKeepsTheRest) {
-    auto env = parse_envelope(R"({"type":"flag","id":"spoofed","workspaceId":"w","payload":{"a":1}})");
+    auto env =
+        parse_envelope(R"({"type":"flag","id":"spoofed","workspaceId":"w","payload":{"a":1}})");
     ASSERT_TRUE(env);
-    const auto event = make_event("/hook", "{}", std::move(env).value(), std::chrono::system_clock::now());
+    const auto event =
+        make_event("/hook", "{}", std::move(env).value(), std::chrono::system_clock::now());
     const auto record = archive_record(*event);
     const auto text = record.dump();
     EXPECT_EQ(text.find(R"({"id":")" + event->id + R"(","received_at":")"), 0u) << text;

@@ -47,7 +47,8 @@ TEST(FileHandler, ConcurrentWritersNeverTearOrInterleaveLines) {
     constexpr int threads = 8;
     constexpr int per_thread = 300;
     // Bodies of very different sizes make torn or interleaved writes visible.
-    const auto big = event_of(R"({"type":"listUpdated","payload":{"entries":")" + std::string(70000, 'x') + R"("}})");
+    const auto big = event_of(R"({"type":"listUpdated","payload":{"entries":")" +
+                              std::string(70000, 'x') + R"("}})");
     const auto small = event_of(test::sample("flag"));
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
@@ -83,7 +84,9 @@ TEST(FileHandler, UnopenableFileFailsWithTheKeyPath) {
         FileHandler h("archive", "/nonexistent-dir/events.jsonl");
         FAIL() << "opened a file in a missing directory";
     } catch (const std::runtime_error& e) {
-        EXPECT_EQ(std::string(e.what()), "handlers.archive.path: cannot open /nonexistent-dir/events.jsonl: No such file or directory");
+        EXPECT_EQ(std::string(e.what()),
+                  "handlers.archive.path: cannot open /nonexistent-dir/events.jsonl: No such file "
+                  "or directory");
     }
 }
 
@@ -97,7 +100,7 @@ TEST(FileHandler, FailedWriteIsReportedNotSwallowed) {
 
 // A handler whose deliveries block until released, to hold the dispatcher busy.
 class GateHandler final : public Handler {
-public:
+  public:
     GateHandler() : Handler("gate") {}
     void deliver(const EventPtr&, DeliveryDone done) override {
         std::unique_lock lock(mutex_);
@@ -116,7 +119,7 @@ public:
         cv_.wait(lock, [&] { return started_ >= n; });
     }
 
-private:
+  private:
     std::mutex mutex_;
     std::condition_variable cv_;
     int started_ = 0;
@@ -124,13 +127,13 @@ private:
 };
 
 class ThrowingHandler final : public Handler {
-public:
+  public:
     ThrowingHandler() : Handler("thrower") {}
     void deliver(const EventPtr&, DeliveryDone) override { throw std::runtime_error("boom"); }
 };
 
 class CountingHandler final : public Handler {
-public:
+  public:
     explicit CountingHandler(std::string name) : Handler(std::move(name)) {}
     void deliver(const EventPtr&, DeliveryDone done) override {
         ++count;
@@ -140,7 +143,7 @@ public:
 };
 
 class DispatcherTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         sink = std::make_shared<test::MemorySink>();
         log::configure(log::Format::json, log::Level::debug, sink);
@@ -174,7 +177,8 @@ TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
 TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
     Dispatcher d(2, 100);
     auto other = std::make_shared<CountingHandler>("other");
-    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {std::make_shared<ThrowingHandler>(), other}));
+    ASSERT_TRUE(
+        d.submit(event_of(test::sample("flag")), {std::make_shared<ThrowingHandler>(), other}));
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
     EXPECT_EQ(other->count, 1);
     EXPECT_TRUE(sink->wait_for([](const std::string& l) {
@@ -205,7 +209,8 @@ TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
     gate->wait_started(1);
     ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {fast}));
     // The fast delivery completes while the gate still holds a thread.
-    EXPECT_TRUE(sink->wait_for([](const std::string& l) { return l.find("\"handler\":\"fast\"") != std::string::npos; }));
+    EXPECT_TRUE(sink->wait_for(
+        [](const std::string& l) { return l.find("\"handler\":\"fast\"") != std::string::npos; }));
     EXPECT_EQ(fast->count, 1);
     gate->open();
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
@@ -215,7 +220,8 @@ TEST_F(DispatcherTest, StopFinishesQueuedDeliveries) {
     auto counter = std::make_shared<CountingHandler>("c");
     {
         Dispatcher d(1, 1000);
-        for (int i = 0; i < 200; ++i) ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {counter}));
+        for (int i = 0; i < 200; ++i)
+            ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {counter}));
         d.stop();
         EXPECT_FALSE(d.submit(event_of(test::sample("flag")), {counter}));
     }

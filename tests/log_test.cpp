@@ -12,7 +12,9 @@ const std::string ts = "2026-01-02T03:04:05.678Z";
 TEST(Log, JsonLineHasTsLevelMsgThenFieldsInOrder) {
     const auto line = log::format_line(log::Format::json, ts, log::Level::warn, "request",
                                        log::Fields{{"status", 401}, {"endpoint", "/a"}});
-    EXPECT_EQ(line, R"({"ts":"2026-01-02T03:04:05.678Z","level":"warn","msg":"request","status":401,"endpoint":"/a"})");
+    EXPECT_EQ(
+        line,
+        R"({"ts":"2026-01-02T03:04:05.678Z","level":"warn","msg":"request","status":401,"endpoint":"/a"})");
 }
 
 // A client controls `type` and the request path; neither may end the line or add a field.
@@ -38,10 +40,12 @@ TEST(Log, InvalidUtf8IsReplacedNotThrown) {
 }
 
 TEST(Log, TextLineQuotesAnythingThatIsNotABareWord) {
-    const auto line = log::format_line(log::Format::text, ts, log::Level::info, "request",
-                                       log::Fields{{"status", 200}, {"endpoint", "/sigsci/prod"},
-                                                   {"type", "a b\nstatus=500"}});
-    EXPECT_EQ(line, "2026-01-02T03:04:05.678Z INFO request status=200 endpoint=/sigsci/prod type=\"a b\\nstatus=500\"");
+    const auto line = log::format_line(
+        log::Format::text, ts, log::Level::info, "request",
+        log::Fields{{"status", 200}, {"endpoint", "/sigsci/prod"}, {"type", "a b\nstatus=500"}});
+    EXPECT_EQ(line,
+              "2026-01-02T03:04:05.678Z INFO request status=200 endpoint=/sigsci/prod type=\"a "
+              "b\\nstatus=500\"");
 }
 
 TEST(Log, TextLineQuotesEmptyStringsAndEquals) {
@@ -58,9 +62,11 @@ TEST(Log, ParsesNamesFromConfig) {
 }
 
 TEST(LogHandler, SummaryKeepsScalarsAndCountsContainers) {
-    const auto payload = Json::parse(R"({"source":"198.51.100.23","requestCount":131,"userAgents":["a","b"],"reasons":{"SQLI":1}})");
-    EXPECT_EQ(summarize_payload(payload).dump(),
-              R"({"source":"198.51.100.23","requestCount":131,"userAgents":"[2 items]","reasons":"{1 keys}"})");
+    const auto payload = Json::parse(
+        R"({"source":"198.51.100.23","requestCount":131,"userAgents":["a","b"],"reasons":{"SQLI":1}})");
+    EXPECT_EQ(
+        summarize_payload(payload).dump(),
+        R"({"source":"198.51.100.23","requestCount":131,"userAgents":"[2 items]","reasons":"{1 keys}"})");
     const std::string long_string(500, 'x');
     EXPECT_EQ(summarize_payload(Json{{"s", long_string}})["s"], std::string(200, 'x') + "...");
     EXPECT_TRUE(summarize_payload(Json()).is_null());

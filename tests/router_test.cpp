@@ -15,14 +15,16 @@ EndpointConfig endpoint_with(std::vector<RouteConfig> routes) {
 using Names = std::vector<std::string>;
 
 TEST(Router, ExactTypeAndWildcardBothContribute) {
-    const auto ep = endpoint_with({{{"flag", "expireFlag"}, {"block"}}, {{"*"}, {"audit", "archive"}}});
+    const auto ep =
+        endpoint_with({{{"flag", "expireFlag"}, {"block"}}, {{"*"}, {"audit", "archive"}}});
     EXPECT_EQ(route_handlers(ep, "flag"), (Names{"block", "audit", "archive"}));
     EXPECT_EQ(route_handlers(ep, "expireFlag"), (Names{"block", "audit", "archive"}));
     EXPECT_EQ(route_handlers(ep, "listCreated"), (Names{"audit", "archive"}));
 }
 
 TEST(Router, EachHandlerRunsAtMostOncePerEvent) {
-    const auto ep = endpoint_with({{{"flag"}, {"audit", "audit"}}, {{"*", "flag"}, {"audit", "archive"}}});
+    const auto ep =
+        endpoint_with({{{"flag"}, {"audit", "audit"}}, {{"*", "flag"}, {"audit", "archive"}}});
     EXPECT_EQ(route_handlers(ep, "flag"), (Names{"audit", "archive"}));
 }
 

@@ -14,7 +14,7 @@ namespace {
 using test::RawClient;
 
 class ServerTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         logs = std::make_shared<test::MemorySink>();
         log::configure(log::Format::json, log::Level::debug, logs);
@@ -28,13 +28,17 @@ protected:
         log::configure(log::Format::json, log::Level::info);
     }
 
-    std::string config_text(const std::string& limits, const std::string& listen, const std::string& keys) const {
+    std::string config_text(const std::string& limits, const std::string& listen,
+                            const std::string& keys) const {
         return R"({
-          "listen": )" + listen + R"(,
+          "listen": )" +
+               listen + R"(,
           "threads": 2,
-          "limits": {)" + limits + R"(},
+          "limits": {)" +
+               limits + R"(},
           "endpoints": [
-            {"path": "/sigsci/test", "signing_keys": )" + keys + R"(,
+            {"path": "/sigsci/test", "signing_keys": )" +
+               keys + R"(,
              "routes": [{"types": ["*"], "handlers": ["archive", "audit"]}]},
             {"path": "/sigsci/unrouted", "signing_keys": [{"file": "key-one"}]}
           ],
@@ -60,7 +64,8 @@ protected:
     std::vector<Json> archived() {
         EXPECT_TRUE(daemon->wait_deliveries_idle(std::chrono::seconds(10)));
         std::vector<Json> out;
-        for (const auto& line : test::read_lines(dir / "events.jsonl")) out.push_back(Json::parse(line));
+        for (const auto& line : test::read_lines(dir / "events.jsonl"))
+            out.push_back(Json::parse(line));
         return out;
     }
 
@@ -100,7 +105,8 @@ TEST_F(ServerTest, EverySampleIsAcceptedAndArchivedExactly) {
         const auto original = Json::parse(test::sample(type));
         EXPECT_EQ(record["type"], type);
         EXPECT_EQ(record["endpoint"], "/sigsci/test");
-        for (const auto& [key, value] : original.items()) EXPECT_EQ(record[key], value) << type << "." << key;
+        for (const auto& [key, value] : original.items())
+            EXPECT_EQ(record[key], value) << type << "." << key;
     }
 }
 
@@ -116,9 +122,12 @@ TEST_F(ServerTest, RequestLogLineCarriesTheContractFields) {
                j.contains("duration_ms") && j.contains("ts") && j["level"] == "info";
     }));
     EXPECT_TRUE(logged([&](const Json& j) {
-        return j["msg"] == "delivery" && j["event_id"] == id && j["handler"] == "archive" && j["status"] == "delivered";
+        return j["msg"] == "delivery" && j["event_id"] == id && j["handler"] == "archive" &&
+               j["status"] == "delivered";
     }));
-    EXPECT_TRUE(logged([&](const Json& j) { return j["msg"] == "event" && j["event_id"] == id && j["handler"] == "audit"; }));
+    EXPECT_TRUE(logged([&](const Json& j) {
+        return j["msg"] == "event" && j["event_id"] == id && j["handler"] == "audit";
+    }));
 }
 
 TEST_F(ServerTest, UnknownPathIs404) {
@@ -171,8 +180,9 @@ TEST_F(ServerTest, ChunkedBodyOverTheLimitIs413) {
     start(R"("max_body_bytes": 1000)");
     RawClient c(port);
     const std::string chunk(600, 'x');
-    std::string req = "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-SigSci-Signature: " + std::string(64, 'a') +
-                      "\r\nTransfer-Encoding: chunked\r\n\r\n";
+    std::string req =
+        "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-SigSci-Signature: " + std::string(64, 'a') +
+        "\r\nTransfer-Encoding: chunked\r\n\r\n";
     req += "258\r\n" + chunk + "\r\n258\r\n" + chunk + "\r\n0\r\n\r\n";
     c.send(req);
     const auto r = c.read_response();
@@ -203,8 +213,10 @@ TEST_F(ServerTest, MissingMalformedAndWrongSignaturesAre401AndLookAlike) {
     start();
     const auto body = test::sample("flag");
     const std::vector<std::optional<std::string>> bad = {
-        std::nullopt, "", "not-hex", sign(body).substr(0, 63), sign(body) + "0",
-        sign(body, "wrong-key"), sign(body + " "),
+        std::nullopt,     "",
+        "not-hex",        sign(body).substr(0, 63),
+        sign(body) + "0", sign(body, "wrong-key"),
+        sign(body + " "),
     };
     for (const auto& s : bad) {
         const auto r = exchange(test::post("/sigsci/test", body, s));
@@ -212,7 +224,8 @@ TEST_F(ServerTest, MissingMalformedAndWrongSignaturesAre401AndLookAlike) {
         EXPECT_EQ(r.body, R"({"error":"unauthorized"})");
     }
     EXPECT_TRUE(archived().empty());
-    EXPECT_TRUE(logged([](const Json& j) { return j["status"] == 401 && j["error"] == "signature mismatch"; }));
+    EXPECT_TRUE(logged(
+        [](const Json& j) { return j["status"] == 401 && j["error"] == "signature mismatch"; }));
 }
 
 TEST_F(ServerTest, UppercaseHexSignatureIsAccepted) {
@@ -249,8 +262,8 @@ TEST_F(ServerTest, Expect100ContinueGetsInterimAnswerThenTheBody) {
     start();
     const auto body = test::sample("flag");
     RawClient c(port);
-    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX-SigSci-Signature: " + sign(body) +
-           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n");
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX-SigSci-Signature: " +
+           sign(body) + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n");
     const auto interim = c.read_response();
     EXPECT_EQ(interim.status, 100);
     c.send(body);
@@ -331,7 +344,8 @@ TEST_F(ServerTest, IdleConnectionIsClosedSilently) {
 
 TEST_F(ServerTest, OversizedHeadersGet431) {
     start(R"("max_header_bytes": 2048)");
-    const auto r = exchange("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-Junk: " + std::string(4096, 'j') + "\r\n\r\n");
+    const auto r = exchange(
+        "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-Junk: " + std::string(4096, 'j') + "\r\n\r\n");
     EXPECT_EQ(r.status, 431);
 }
 
@@ -381,7 +395,9 @@ TEST_F(ServerTest, UnroutedEventIsAcceptedAndLoggedAsUnrouted) {
     const auto r = exchange(test::post("/sigsci/unrouted", body, sign(body)));
     ASSERT_EQ(r.status, 200);
     const auto id = Json::parse(r.body)["id"];
-    EXPECT_TRUE(logged([&](const Json& j) { return j["msg"] == "unrouted" && j["event_id"] == id && j["type"] == "somethingNew"; }));
+    EXPECT_TRUE(logged([&](const Json& j) {
+        return j["msg"] == "unrouted" && j["event_id"] == id && j["type"] == "somethingNew";
+    }));
     EXPECT_TRUE(archived().empty());
 }
 
@@ -408,16 +424,21 @@ TEST_F(ServerTest, ReloadSwapsKeysAndBadReloadKeepsTheOldConfig) {
     EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 401);
 
     // Rotate: the config now trusts key two only.
-    test::write_file(dir / "config.json", config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-two"}])"));
+    test::write_file(dir / "config.json",
+                     config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-two"}])"));
     ASSERT_TRUE(daemon->reload());
     EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 200);
     EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-one"))).status, 401);
 
     // A broken file is refused and the running config stays.
-    test::write_file(dir / "config.json", R"({"listen": ["127.0.0.1:0"], "endpoints": [{"path": "/x", "signing_keys": [{"value": ""}]}]})");
+    test::write_file(
+        dir / "config.json",
+        R"({"listen": ["127.0.0.1:0"], "endpoints": [{"path": "/x", "signing_keys": [{"value": ""}]}]})");
     EXPECT_FALSE(daemon->reload());
     EXPECT_TRUE(logged([](const Json& j) {
-        return j["msg"] == "reload failed" && j["error"].get<std::string>().find("endpoints[0].signing_keys[0].value: key is empty") != std::string::npos;
+        return j["msg"] == "reload failed" &&
+               j["error"].get<std::string>().find(
+                   "endpoints[0].signing_keys[0].value: key is empty") != std::string::npos;
     }));
     EXPECT_EQ(exchange(test::post("/sigsci/test", body, sign(body, "test-key-two"))).status, 200);
 }
@@ -453,7 +474,8 @@ TEST_F(ServerTest, ServesIpv6AndIpv4ListenersTogether) {
 TEST_F(ServerTest, BindFailureNamesTheAddress) {
     start();
     const std::string busy = "127.0.0.1:" + std::to_string(port);
-    auto cfg = parse_config(config_text("", "[\"" + busy + "\"]", R"([{"file": "key-one"}])"), "t.json", dir.path());
+    auto cfg = parse_config(config_text("", "[\"" + busy + "\"]", R"([{"file": "key-one"}])"),
+                            "t.json", dir.path());
     ASSERT_TRUE(cfg) << cfg.error();
     Daemon second(std::move(cfg).value());
     try {
@@ -497,7 +519,8 @@ TEST_F(ServerTest, ConcurrentClientsAllGetTheirEventsArchived) {
             RawClient c(port);
             const auto types = test::sample_types();
             for (int i = 0; i < per_client; ++i) {
-                const auto body = test::sample(types[static_cast<std::size_t>(t * per_client + i) % types.size()]);
+                const auto body = test::sample(
+                    types[static_cast<std::size_t>(t * per_client + i) % types.size()]);
                 c.send(test::post("/sigsci/test", body, sign(body)));
                 if (c.read_response().status == 200) ++ok;
             }

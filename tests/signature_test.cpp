@@ -11,7 +11,9 @@
 namespace sigsci {
 namespace {
 
-std::string bytes(std::size_t n, unsigned char b) { return std::string(n, static_cast<char>(b)); }
+std::string bytes(std::size_t n, unsigned char b) {
+    return std::string(n, static_cast<char>(b));
+}
 
 struct KnownAnswer {
     std::string key;
@@ -24,9 +26,12 @@ TEST(Signature, MatchesRfc4231Vectors) {
     std::string key4;
     for (unsigned char c = 1; c <= 25; ++c) key4 += static_cast<char>(c);
     const std::vector<KnownAnswer> cases = {
-        {bytes(20, 0x0b), "Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
-        {"Jefe", "what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
-        {bytes(20, 0xaa), bytes(50, 0xdd), "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"},
+        {bytes(20, 0x0b), "Hi There",
+         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+        {"Jefe", "what do ya want for nothing?",
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+        {bytes(20, 0xaa), bytes(50, 0xdd),
+         "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"},
         {key4, bytes(50, 0xcd), "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"},
         {bytes(131, 0xaa), "Test Using Larger Than Block-Size Key - Hash Key First",
          "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"},
@@ -64,8 +69,10 @@ TEST(Signature, MatchesOpensslForEverySample) {
 }
 
 TEST(Signature, DecodeAcceptsEitherCase) {
-    const auto lower = decode_signature("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
-    const auto upper = decode_signature("B0344C61D8DB38535CA8AFCEAF0BF12B881DC200C9833DA726E9376C2E32CFF7");
+    const auto lower =
+        decode_signature("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    const auto upper =
+        decode_signature("B0344C61D8DB38535CA8AFCEAF0BF12B881DC200C9833DA726E9376C2E32CFF7");
     ASSERT_TRUE(lower);
     ASSERT_TRUE(upper);
     EXPECT_EQ(*lower, *upper);
@@ -91,14 +98,16 @@ TEST(Signature, VerifyNamesEachFailure) {
     EXPECT_EQ(verify_signature("", "body", keys), SignatureCheck::missing);
     EXPECT_EQ(verify_signature("xyz", "body", keys), SignatureCheck::malformed);
     EXPECT_EQ(verify_signature(good, "body!", keys), SignatureCheck::mismatch);
-    EXPECT_EQ(verify_signature(to_hex(hmac_sha256("k2", "body")), "body", keys), SignatureCheck::mismatch);
+    EXPECT_EQ(verify_signature(to_hex(hmac_sha256("k2", "body")), "body", keys),
+              SignatureCheck::mismatch);
 }
 
 TEST(Signature, AnyKeyOfTheListVerifies) {
     const std::string keys[] = {"old-key", "new-key"};
     EXPECT_EQ(verify_signature(to_hex(hmac_sha256("old-key", "b")), "b", keys), SignatureCheck::ok);
     EXPECT_EQ(verify_signature(to_hex(hmac_sha256("new-key", "b")), "b", keys), SignatureCheck::ok);
-    EXPECT_EQ(verify_signature(to_hex(hmac_sha256("other", "b")), "b", keys), SignatureCheck::mismatch);
+    EXPECT_EQ(verify_signature(to_hex(hmac_sha256("other", "b")), "b", keys),
+              SignatureCheck::mismatch);
 }
 
 TEST(Signature, KeyIsUsedAsStringBytesNotHexDecoded) {
@@ -107,7 +116,8 @@ TEST(Signature, KeyIsUsedAsStringBytesNotHexDecoded) {
     const std::string decoded = "\x01\x23\x45\x67\x89\xab\xcd\xef";
     const std::string keys[] = {key};
     EXPECT_EQ(verify_signature(to_hex(hmac_sha256(key, "b")), "b", keys), SignatureCheck::ok);
-    EXPECT_EQ(verify_signature(to_hex(hmac_sha256(decoded, "b")), "b", keys), SignatureCheck::mismatch);
+    EXPECT_EQ(verify_signature(to_hex(hmac_sha256(decoded, "b")), "b", keys),
+              SignatureCheck::mismatch);
 }
 
 }  // namespace

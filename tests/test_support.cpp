@@ -15,7 +15,9 @@
 
 namespace sigsci::test {
 
-std::filesystem::path data_dir() { return SIGSCI_TEST_DATA; }
+std::filesystem::path data_dir() {
+    return SIGSCI_TEST_DATA;
+}
 
 std::string read_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -38,7 +40,9 @@ std::vector<std::string> read_lines(const std::filesystem::path& path) {
     return out;
 }
 
-std::string sample(const std::string& type) { return read_file(data_dir() / "samples" / (type + ".json")); }
+std::string sample(const std::string& type) {
+    return read_file(data_dir() / "samples" / (type + ".json"));
+}
 
 std::vector<std::string> sample_types() {
     std::vector<std::string> out;
@@ -51,7 +55,8 @@ std::vector<std::string> sample_types() {
 
 TempDir::TempDir() {
     std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("sigsci-test-" + std::to_string(rd()) + std::to_string(rd()));
+    path_ = std::filesystem::temp_directory_path() /
+            ("sigsci-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
 }
 
@@ -68,7 +73,8 @@ std::vector<std::string> MemorySink::lines() {
 bool MemorySink::wait_for(const std::function<bool(const std::string&)>& pred,
                           std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex_);
-    return cv_.wait_for(lock, timeout, [&] { return std::any_of(lines_.begin(), lines_.end(), pred); });
+    return cv_.wait_for(lock, timeout,
+                        [&] { return std::any_of(lines_.begin(), lines_.end(), pred); });
 }
 
 void MemorySink::sink_it_(const spdlog::details::log_msg& msg) {
@@ -109,7 +115,9 @@ RawClient::RawClient(std::uint16_t port, bool ipv6) {
     }
 }
 
-RawClient::~RawClient() { close(); }
+RawClient::~RawClient() {
+    close();
+}
 
 void RawClient::close() {
     if (fd_ >= 0) ::close(fd_);
@@ -129,7 +137,8 @@ std::optional<std::string> RawClient::read_more() {
     char buf[16384];
     const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
     if (n > 0) return std::string(buf, static_cast<std::size_t>(n));
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) throw std::runtime_error("read timed out");
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        throw std::runtime_error("read timed out");
     return std::nullopt;  // EOF or reset
 }
 
@@ -154,7 +163,8 @@ HttpResponse RawClient::read_response() {
         r.headers[name] = line.substr(line.find_first_not_of(' ', colon + 1));
     }
     buffer_.erase(0, end + 4);
-    const std::size_t length = r.headers.count("content-length") ? std::stoul(r.headers["content-length"]) : 0;
+    const std::size_t length =
+        r.headers.count("content-length") ? std::stoul(r.headers["content-length"]) : 0;
     while (buffer_.size() < length) {
         auto more = read_more();
         if (!more) throw std::runtime_error("connection closed inside a response body");
@@ -179,7 +189,8 @@ bool RawClient::peer_closed() {
 
 std::string post(const std::string& path, const std::string& body,
                  const std::optional<std::string>& signature, const std::string& extra_headers) {
-    std::string req = "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
+    std::string req =
+        "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
     if (signature) req += "X-SigSci-Signature: " + *signature + "\r\n";
     req += extra_headers;
     req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;

@@ -19,11 +19,11 @@ std::filesystem::path data_dir();
 std::string read_file(const std::filesystem::path& path);
 void write_file(const std::filesystem::path& path, const std::string& text);
 std::vector<std::string> read_lines(const std::filesystem::path& path);
-std::string sample(const std::string& type);        // tests/data/samples/TYPE.json
-std::vector<std::string> sample_types();            // every sample, sorted
+std::string sample(const std::string& type);  // tests/data/samples/TYPE.json
+std::vector<std::string> sample_types();      // every sample, sorted
 
 class TempDir {
-public:
+  public:
     TempDir();
     ~TempDir();
     TempDir(const TempDir&) = delete;
@@ -31,22 +31,22 @@ public:
     const std::filesystem::path& path() const { return path_; }
     std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
 // Captures formatted log lines; wait_for() blocks until a line satisfies the predicate.
 class MemorySink final : public spdlog::sinks::base_sink<std::mutex> {
-public:
+  public:
     std::vector<std::string> lines();
     bool wait_for(const std::function<bool(const std::string&)>& pred,
                   std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-protected:
+  protected:
     void sink_it_(const spdlog::details::log_msg& msg) override;
     void flush_() override {}
 
-private:
+  private:
     std::vector<std::string> lines_;
     std::condition_variable_any cv_;
 };
@@ -61,7 +61,7 @@ struct HttpResponse {
 // A blocking client on 127.0.0.1 (or ::1) with a receive timeout, so a hung server fails the
 // test instead of hanging it.
 class RawClient {
-public:
+  public:
     explicit RawClient(std::uint16_t port, bool ipv6 = false);
     ~RawClient();
     RawClient(const RawClient&) = delete;
@@ -74,13 +74,14 @@ public:
     bool peer_closed();
     void close();
 
-private:
+  private:
     std::optional<std::string> read_more();
     int fd_ = -1;
     std::string buffer_;
 };
 
 std::string post(const std::string& path, const std::string& body,
-                 const std::optional<std::string>& signature, const std::string& extra_headers = "");
+                 const std::optional<std::string>& signature,
+                 const std::string& extra_headers = "");
 
 }  // namespace sigsci::test

@@ -10,7 +10,7 @@ namespace sigsci {
 namespace {
 
 class FakeSink final : public EventSink {
-public:
+  public:
     bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) override {
         if (!accept) return false;
         events.push_back(event);
@@ -33,7 +33,7 @@ const char* config_json = R"({
 })";
 
 class WebhookServiceTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         sink_log = std::make_shared<test::MemorySink>();
         log::configure(log::Format::json, log::Level::debug, sink_log);
@@ -44,7 +44,8 @@ protected:
     }
     void TearDown() override { log::configure(log::Format::json, log::Level::info); }
 
-    std::variant<Response, const EndpointConfig*> head(std::string_view method, std::string_view target,
+    std::variant<Response, const EndpointConfig*> head(std::string_view method,
+                                                       std::string_view target,
                                                        std::optional<std::uint64_t> length = 10) {
         return service->route_head(*rt, RequestHead{method, target, length});
     }
@@ -98,7 +99,8 @@ TEST_F(WebhookServiceTest, EveryVerificationFailureLooksTheSameToTheClient) {
     const std::string body = R"({"type":"flag"})";
     const auto missing = service->handle_body(*rt, hook(), "", body);
     const auto malformed = service->handle_body(*rt, hook(), "abc", body);
-    const auto mismatch = service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", body)), body);
+    const auto mismatch =
+        service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", body)), body);
     for (const auto* r : {&missing, &malformed, &mismatch}) {
         EXPECT_EQ(r->status, 401);
         EXPECT_EQ(r->body, R"({"error":"unauthorized"})");
@@ -110,7 +112,8 @@ TEST_F(WebhookServiceTest, EveryVerificationFailureLooksTheSameToTheClient) {
 }
 
 TEST_F(WebhookServiceTest, SignatureIsCheckedBeforeTheBodyIsParsed) {
-    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", "not json")), "not json");
+    const auto r =
+        service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", "not json")), "not json");
     EXPECT_EQ(r.status, 401);
 }
 

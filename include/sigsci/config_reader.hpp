@@ -15,14 +15,14 @@ namespace sigsci {
 
 // Thrown while reading a config; load_config() turns it into an error naming the file.
 class ConfigError : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 
 class ConfigObject;
 
 class ConfigNode {
-public:
+  public:
     ConfigNode(const Json& value, std::string path) : value_(&value), path_(std::move(path)) {}
 
     const std::string& path() const { return path_; }
@@ -36,13 +36,13 @@ public:
     ConfigObject as_object() const;
     std::vector<ConfigNode> as_array() const;
 
-private:
+  private:
     const Json* value_;
     std::string path_;
 };
 
 class ConfigObject {
-public:
+  public:
     ConfigObject(const Json& value, std::string path);
 
     const std::string& path() const { return path_; }
@@ -56,7 +56,7 @@ public:
     // Throws for the first key that no get()/require() asked for.
     void finish() const;
 
-private:
+  private:
     std::string child_path(std::string_view key) const;
 
     const Json* value_;

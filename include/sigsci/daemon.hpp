@@ -13,7 +13,7 @@
 namespace sigsci {
 
 class Daemon {
-public:
+  public:
     // Builds the handlers (opens files); throws std::runtime_error when that fails.
     explicit Daemon(Config config);
     ~Daemon();
@@ -40,7 +40,7 @@ public:
     bool wait_deliveries_idle(std::chrono::milliseconds timeout);
     std::size_t connection_count() const;
 
-private:
+  private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

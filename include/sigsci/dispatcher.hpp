@@ -12,14 +12,14 @@
 namespace sigsci {
 
 class EventSink {
-public:
+  public:
     virtual ~EventSink() = default;
     // false: not accepted (overloaded); the caller answers 503 and nothing was kept.
     virtual bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) = 0;
 };
 
 class Dispatcher final : public EventSink {
-public:
+  public:
     Dispatcher(unsigned threads, std::uint64_t max_pending_events);
     ~Dispatcher() override;
 
@@ -34,7 +34,7 @@ public:
     // Waits for running deliveries, then joins the threads. Idempotent.
     void stop();
 
-private:
+  private:
     struct Impl;
     std::shared_ptr<Impl> impl_;
 };

@@ -9,7 +9,7 @@ namespace sigsci {
 // `file`: appends one compact JSON line per event. Each line goes out in one locked write to an
 // O_APPEND descriptor, so lines are never torn or interleaved; a failed write is cut back off.
 class FileHandler final : public Handler {
-public:
+  public:
     // Throws std::runtime_error when the file cannot be opened.
     FileHandler(std::string name, std::filesystem::path path);
     ~FileHandler() override;
@@ -19,7 +19,7 @@ public:
 
     const std::filesystem::path& path() const { return path_; }
 
-private:
+  private:
     std::filesystem::path path_;
     std::mutex mutex_;
     int fd_ = -1;

@@ -17,7 +17,7 @@ struct DeliveryOutcome {
 using DeliveryDone = std::function<void(DeliveryOutcome)>;
 
 class Handler {
-public:
+  public:
     explicit Handler(std::string name) : name_(std::move(name)) {}
     virtual ~Handler() = default;
     Handler(const Handler&) = delete;
@@ -30,7 +30,7 @@ public:
     // SIGHUP: reopen whatever files the handler writes (logrotate moved them away).
     virtual void reopen() {}
 
-private:
+  private:
     std::string name_;
 };
 

@@ -38,6 +38,7 @@ std::span<const HandlerKind> handler_kinds();
 
 // Per-kind parse functions, each defined in its handler's file.
 HandlerSpec parse_log_handler(const std::string& name, ConfigObject& cfg, const ConfigContext& ctx);
-HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg, const ConfigContext& ctx);
+HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg,
+                               const ConfigContext& ctx);
 
 }  // namespace sigsci

@@ -35,9 +35,17 @@ bool enabled(Level level);
 
 void write(Level level, std::string_view msg, const Fields& fields = Fields::object());
 
-inline void debug(std::string_view msg, const Fields& f = Fields::object()) { write(Level::debug, msg, f); }
-inline void info(std::string_view msg, const Fields& f = Fields::object()) { write(Level::info, msg, f); }
-inline void warn(std::string_view msg, const Fields& f = Fields::object()) { write(Level::warn, msg, f); }
-inline void error(std::string_view msg, const Fields& f = Fields::object()) { write(Level::error, msg, f); }
+inline void debug(std::string_view msg, const Fields& f = Fields::object()) {
+    write(Level::debug, msg, f);
+}
+inline void info(std::string_view msg, const Fields& f = Fields::object()) {
+    write(Level::info, msg, f);
+}
+inline void warn(std::string_view msg, const Fields& f = Fields::object()) {
+    write(Level::warn, msg, f);
+}
+inline void error(std::string_view msg, const Fields& f = Fields::object()) {
+    write(Level::error, msg, f);
+}
 
 }  // namespace sigsci::log

@@ -7,11 +7,11 @@ enum class PayloadMode { full, summary, none };
 
 // `log`: one structured line per event (msg "event") in the daemon's own log.
 class LogHandler final : public Handler {
-public:
+  public:
     LogHandler(std::string name, PayloadMode mode) : Handler(std::move(name)), mode_(mode) {}
     void deliver(const EventPtr& event, DeliveryDone done) override;
 
-private:
+  private:
     PayloadMode mode_;
 };
 

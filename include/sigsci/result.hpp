@@ -13,7 +13,7 @@ struct Error {
 
 template <class T>
 class Result {
-public:
+  public:
     Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit on purpose, like expected
     Result(Error error) : v_(std::move(error)) {}
 
@@ -25,7 +25,7 @@ public:
     T&& value() && { return std::get<0>(std::move(v_)); }
     const std::string& error() const { return std::get<1>(v_).message; }
 
-private:
+  private:
     std::variant<T, Error> v_;
 };
 

@@ -18,7 +18,7 @@ namespace sigsci {
 class WebhookService;
 
 class Server {
-public:
+  public:
     Server(boost::asio::io_context& ioc, WebhookService& service);
     ~Server();
     Server(const Server&) = delete;
@@ -39,7 +39,7 @@ public:
     void close_all();
     std::size_t connection_count() const;
 
-private:
+  private:
     struct Impl;
     std::shared_ptr<Impl> impl_;
 };

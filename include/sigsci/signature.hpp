@@ -1,5 +1,6 @@
 #pragma once
-// X-SigSci-Signature: lowercase hex HMAC-SHA256 of the raw body, keyed with the signing key's bytes.
+// X-SigSci-Signature: lowercase hex HMAC-SHA256 of the raw body, keyed with the signing key's
+// bytes.
 #include <array>
 #include <optional>
 #include <span>

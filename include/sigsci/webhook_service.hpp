@@ -25,7 +25,8 @@ struct Runtime {
     // Builds the handlers (opens files); throws std::runtime_error naming the handler.
     static std::shared_ptr<const Runtime> build(Config config);
 
-    std::vector<HandlerPtr> handlers_for(const EndpointConfig& endpoint, std::string_view type) const;
+    std::vector<HandlerPtr> handlers_for(const EndpointConfig& endpoint,
+                                         std::string_view type) const;
 };
 
 struct RequestHead {
@@ -48,7 +49,7 @@ struct Response {
 Response error_response(int status, std::string_view message);
 
 class WebhookService {
-public:
+  public:
     WebhookService(std::shared_ptr<const Runtime> runtime, EventSink& sink);
 
     std::shared_ptr<const Runtime> snapshot() const { return runtime_.load(); }
@@ -64,7 +65,7 @@ public:
     Response handle_body(const Runtime& runtime, const EndpointConfig& endpoint,
                          std::string_view signature, std::string body);
 
-private:
+  private:
     std::atomic<std::shared_ptr<const Runtime>> runtime_;
     EventSink& sink_;
     std::atomic<bool> ready_{false};

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the sigsci-webhookd binary: exit codes, `sign` cross-checked against
+`openssl dgst` and Python's hmac module, and the daemon under real signals on 127.0.0.1:0.
+
+Usage: cli_e2e_test.py PATH/TO/sigsci-webhookd
+"""
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+
+BINARY = None
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLES = os.path.join(HERE, "data", "samples")
+SOURCE = os.path.dirname(HERE)
+
+
+def run(*args, stdin=None):
+    return subprocess.run([BINARY, *args], input=stdin, capture_output=True, timeout=60)
+
+
+class Daemon:
+    """The daemon as a child process; its stdout log lines are read on a thread."""
+
+    def __init__(self, config_path):
+        self.proc = subprocess.Popen([BINARY, "--config", config_path], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, predicate, timeout=15):
+        """Returns the first log record (parsed) for which predicate holds."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError("daemon exited; log was:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            record = json.loads(line)  # every line must be one JSON object
+            if predicate(record):
+                return record
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def post(port, path, body, signature):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["X-SigSci-Signature"] = signature
+    conn.request("POST", path, body=body, headers=headers)
+    resp = conn.getresponse()
+    out = (resp.status, json.loads(resp.read()))
+    conn.close()
+    return out
+
+
+def sign(key, body):
+    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Cli(unittest.TestCase):
+    def test_version_exits_0(self):
+        r = run("--version")
+        self.assertEqual(r.returncode, 0)
+        self.assertTrue(r.stdout.decode().startswith("sigsci-webhookd "))
+
+    def test_usage_errors_exit_2(self):
+        self.assertEqual(run().returncode, 2)
+        self.assertEqual(run("--no-such-flag").returncode, 2)
+        self.assertEqual(run("check").returncode, 2)  # --config is required
+        self.assertEqual(run("sign").returncode, 2)   # --key-file is required
+
+    def test_check_accepts_the_example_and_summarises_it(self):
+        r = run("check", "--config", os.path.join(SOURCE, "config", "example.json"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"endpoint /sigsci/demo", r.stdout)
+
+    def test_check_names_the_key_path_of_an_error_and_exits_1(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "bad.json")
+            with open(path, "w") as f:
+                f.write('{"listen": ["127.0.0.1:0"], "endpoints": [{"path": "/a", '
+                        '"signing_keys": [{"value": "k"}], "routes": [{"types": ["*"], "handlers": ["nope"]}]}]}')
+            r = run("check", "--config", path)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(path.encode() + b": endpoints[0].routes[0].handlers[0]: no handler named", r.stderr)
+            r = run("--config", path)  # the daemon refuses it as a config error
+            self.assertEqual(r.returncode, 2)
+            self.assertIn(b"endpoints[0].routes[0].handlers[0]", r.stderr)
+
+    def test_sign_matches_openssl_and_python_hmac_for_every_sample(self):
+        with tempfile.TemporaryDirectory() as d:
+            key = "8f3c1e0a-demo-key"
+            key_file = os.path.join(d, "k")
+            with open(key_file, "w") as f:
+                f.write(key + "\n")  # the trailing newline is not part of the key
+            names = sorted(n for n in os.listdir(SAMPLES) if n.endswith(".json"))
+            self.assertGreaterEqual(len(names), 32)
+            for name in names:
+                path = os.path.join(SAMPLES, name)
+                with open(path, "rb") as f:
+                    body = f.read()
+                ours = run("sign", "--key-file", key_file, path)
+                self.assertEqual(ours.returncode, 0)
+                openssl = subprocess.run(["openssl", "dgst", "-sha256", "-hmac", key, path],
+                                         capture_output=True, check=True).stdout.decode().split()[-1]
+                self.assertEqual(ours.stdout.decode().strip(), sign(key, body), name)
+                self.assertEqual(ours.stdout.decode().strip(), openssl, name)
+            piped = run("sign", "--key-file", key_file, stdin=b"hello")
+            self.assertEqual(piped.stdout.decode().strip(), sign(key, b"hello"))
+
+    def test_sign_with_missing_key_file_exits_1(self):
+        r = run("sign", "--key-file", "/nonexistent/key", stdin=b"x")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"cannot read /nonexistent/key", r.stderr)
+
+
+class Running(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = lambda name: os.path.join(self.dir.name, name)
+        with open(self.path("k1"), "w") as f:
+            f.write("first-key\n")
+        with open(self.path("k2"), "w") as f:
+            f.write("second-key\n")
+        self.write_config("k1")
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon:
+            self.daemon.stop()
+        self.dir.cleanup()
+
+    def write_config(self, key_file, listen="127.0.0.1:0"):
+        with open(self.path("config.json"), "w") as f:
+            f.write("""// written by cli_e2e_test.py
+            {"listen": ["%s"], "threads": 2,
+             "endpoints": [{"path": "/hook", "signing_keys": [{"file": "%s"}],
+                            "routes": [{"types": ["*"], "handlers": ["archive", "audit"]}]}],
+             "handlers": {"archive": {"kind": "file", "path": "events.jsonl"},
+                          "audit": {"kind": "log"}}}""" % (listen, key_file))
+
+    def start(self):
+        self.daemon = Daemon(self.path("config.json"))
+        listening = self.daemon.wait_for(lambda r: r["msg"] == "listening")
+        self.daemon.wait_for(lambda r: r["msg"] == "ready")
+        return int(listening["address"].rsplit(":", 1)[1])
+
+    def test_serves_reloads_on_sighup_and_drains_on_sigterm(self):
+        port = self.start()
+        with open(os.path.join(SAMPLES, "flag.json"), "rb") as f:
+            body = f.read()
+        status, answer = post(port, "/hook", body, sign("first-key", body))
+        self.assertEqual((status, answer["status"]), (200, "accepted"))
+        self.daemon.wait_for(lambda r: r["msg"] == "delivery" and r["handler"] == "archive"
+                             and r["event_id"] == answer["id"] and r["status"] == "delivered")
+
+        # Rotate to the second key and reload: the first key stops working.
+        self.write_config("k2")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for(lambda r: r["msg"] == "reloaded")
+        self.assertEqual(post(port, "/hook", body, sign("first-key", body))[0], 401)
+        status, second = post(port, "/hook", body, sign("second-key", body))
+        self.assertEqual(status, 200)
+
+        # A broken config on SIGHUP is refused; the running one stays.
+        with open(self.path("config.json"), "w") as f:
+            f.write("{ not json")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        failed = self.daemon.wait_for(lambda r: r["msg"] == "reload failed")
+        self.assertIn("not valid JSON", failed["error"])
+        self.assertEqual(post(port, "/hook", body, sign("second-key", body))[0], 200)
+
+        self.daemon.proc.send_signal(signal.SIGTERM)
+        self.daemon.wait_for(lambda r: r["msg"] == "stopped")
+        self.assertEqual(self.daemon.proc.wait(timeout=30), 0)
+        with open(self.path("events.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual(len(records), 3)
+        self.assertEqual(records[0]["id"], answer["id"])
+        self.assertEqual(records[1]["id"], second["id"])
+        self.assertEqual(records[0]["payload"], json.loads(body)["payload"])
+
+    def test_keys_never_reach_the_log(self):
+        port = self.start()
+        body = b'{"type":"flag","payload":{}}'
+        post(port, "/hook", body, sign("first-key", body))
+        post(port, "/hook", body, sign("wrong", body))
+        self.daemon.proc.send_signal(signal.SIGTERM)
+        self.daemon.wait_for(lambda r: r["msg"] == "stopped")
+        self.assertEqual(self.daemon.proc.wait(timeout=30), 0)
+        self.assertFalse(any("first-key" in line for line in self.daemon.seen))
+
+    def test_port_in_use_exits_1(self):
+        port = self.start()
+        self.write_config("k1", listen="127.0.0.1:%d" % port)
+        r = subprocess.run([BINARY, "--config", self.path("config.json")], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"bind", r.stdout)
+
+
+if __name__ == "__main__":
+    BINARY = os.path.abspath(sys.argv.pop(1))
+    unittest.main(verbosity=2)
