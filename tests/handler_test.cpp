@@ -32,7 +32,7 @@ TEST(FileHandler, WritesOneCompactLinePerEventWithAllFields) {
     ASSERT_TRUE(deliver_now(h, e).ok);
     const auto lines = test::read_lines(dir / "events.jsonl");
     ASSERT_EQ(lines.size(), 1u);
-    const auto record = Json::parse(lines[0]);
+    auto record = Json::parse(lines[0]);
     EXPECT_EQ(record["id"], e->id);
     EXPECT_EQ(record["received_at"], e->received_at);
     EXPECT_EQ(record["endpoint"], "/hook");
@@ -62,7 +62,7 @@ TEST(FileHandler, ConcurrentWritersNeverTearOrInterleaveLines) {
     const auto lines = test::read_lines(dir / "events.jsonl");
     ASSERT_EQ(lines.size(), static_cast<std::size_t>(threads * per_thread));
     for (const auto& line : lines) {
-        const auto record = Json::parse(line);  // throws on a torn line
+        auto record = Json::parse(line);  // throws on a torn line
         EXPECT_TRUE(record["id"] == big->id || record["id"] == small->id);
     }
 }
@@ -163,7 +163,7 @@ TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
     EXPECT_EQ(b->count, 1);
     int outcomes = 0;
     for (const auto& line : sink->lines()) {
-        const auto j = Json::parse(line);
+        auto j = Json::parse(line);
         if (j["msg"] != "delivery") continue;
         ++outcomes;
         EXPECT_EQ(j["event_id"], e->id);
@@ -182,7 +182,7 @@ TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
     EXPECT_EQ(other->count, 1);
     EXPECT_TRUE(sink->wait_for([](const std::string& l) {
-        const auto j = Json::parse(l);
+        auto j = Json::parse(l);
         return j["msg"] == "delivery" && j["handler"] == "thrower" && j["status"] == "failed" &&
                j["error"] == "handler threw: boom" && j["level"] == "error";
     }));

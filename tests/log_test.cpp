@@ -24,7 +24,7 @@ TEST(Log, HostileValuesCannotBreakOrForgeJsonLines) {
                                        log::Fields{{"type", hostile}, {"path", "/a\nb"}});
     EXPECT_EQ(line.find('\n'), std::string::npos);
     EXPECT_EQ(line.find('\r'), std::string::npos);
-    const auto parsed = Json::parse(line);
+    auto parsed = Json::parse(line);
     EXPECT_EQ(parsed["type"], hostile);
     EXPECT_EQ(parsed["level"], "info");
     EXPECT_EQ(parsed["msg"], "request");

@@ -142,7 +142,7 @@ TEST_F(WebhookServiceTest, UnroutedEventIsAcceptedAndLogged) {
     const auto r = service->handle_body(*rt, quiet, to_hex(hmac_sha256("q", body)), body);
     EXPECT_EQ(r.status, 200);
     EXPECT_TRUE(sink_log->wait_for([&](const std::string& l) {
-        const auto j = Json::parse(l);
+        auto j = Json::parse(l);
         return j["msg"] == "unrouted" && j["event_id"] == r.event_id && j["type"] == "flag";
     }));
 }
