@@ -266,7 +266,8 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
             path = truncated(req.target(), path_log_chars);
             std::optional<std::uint64_t> content_length;
             if (parser.content_length()) content_length = *parser.content_length();
-            const RequestHead head{req.method_string(), req.target(), content_length};
+            const RequestHead head{req.method_string(), req.target(), content_length,
+                                   req[http::field::transfer_encoding]};
             auto decision = service.route_head(*runtime, head);
             if (auto* early = std::get_if<Response>(&decision)) {
                 res = std::move(*early);

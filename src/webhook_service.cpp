@@ -1,5 +1,6 @@
 #include "sigsci/webhook_service.hpp"
 
+#include <cctype>
 #include <chrono>
 
 #include "sigsci/envelope.hpp"
@@ -9,6 +10,19 @@
 #include "sigsci/signature.hpp"
 
 namespace sigsci {
+
+namespace {
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(a[i])) !=
+            std::tolower(static_cast<unsigned char>(b[i]))) {
+            return false;
+        }
+    }
+    return true;
+}
+}  // namespace
 
 std::shared_ptr<const Runtime> Runtime::build(Config config) {
     auto rt = std::make_shared<Runtime>();
@@ -56,6 +70,13 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     if (head.method != "POST") {
         auto r = error_response(405, "method not allowed");
         r.allow = "POST";
+        r.endpoint = endpoint->path;
+        return r;
+    }
+    // Only identity and plain chunked framing are read; anything else (gzip, "chunked, gzip")
+    // would hand the verifier bytes nobody signed.
+    if (!head.transfer_encoding.empty() && !iequals(head.transfer_encoding, "chunked")) {
+        auto r = error_response(501, "unsupported transfer-encoding");
         r.endpoint = endpoint->path;
         return r;
     }

@@ -358,6 +358,29 @@ TEST_F(ServerTest, MalformedRequestIs400) {
     EXPECT_EQ(exchange("POST /sigsci/test HTTP/1.1\r\nContent-Length: abc\r\n\r\n").status, 400);
 }
 
+// Request smuggling: framing that two parsers could read differently is refused outright.
+TEST_F(ServerTest, AmbiguousFramingIsRefused) {
+    start();
+    // Content-Length together with chunked.
+    EXPECT_EQ(exchange("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                  .status,
+              400);
+    // Two different lengths.
+    EXPECT_EQ(exchange("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                       "Content-Length: 6\r\n\r\nhello!")
+                  .status,
+              400);
+    // A coding other than chunked: the bytes would not be the ones that were signed.
+    RawClient c(port);
+    c.send(
+        "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, "
+        "gzip\r\n\r\n0\r\n\r\n");
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 501);
+    EXPECT_EQ(r.header("connection"), "close");
+}
+
 TEST_F(ServerTest, ConnectionsBeyondMaxAreRefusedWith503) {
     start(R"("max_connections": 2)");
     RawClient a(port);

@@ -84,6 +84,19 @@ TEST_F(WebhookServiceTest, BodyAtTheLimitOrChunkedGoesOnToBeRead) {
     EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook", std::nullopt)));
 }
 
+TEST_F(WebhookServiceTest, OnlyChunkedTransferEncodingIsRead) {
+    const auto with_te = [&](std::string_view te) {
+        return service->route_head(*rt, RequestHead{"POST", "/hook", std::nullopt, te});
+    };
+    EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(with_te("chunked")));
+    EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(with_te("Chunked")));
+    for (auto te : {"gzip, chunked", "chunked, gzip", "identity", "gzip"}) {
+        auto d = with_te(te);
+        ASSERT_TRUE(std::holds_alternative<Response>(d)) << te;
+        EXPECT_EQ(std::get<Response>(d).status, 501) << te;
+    }
+}
+
 TEST_F(WebhookServiceTest, QueryStringIsIgnoredForRouting) {
     EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook?source=sigsci")));
 }

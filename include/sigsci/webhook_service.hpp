@@ -33,6 +33,7 @@ struct RequestHead {
     std::string_view method;
     std::string_view target;
     std::optional<std::uint64_t> content_length;  // absent for chunked bodies
+    std::string_view transfer_encoding;           // empty when the header is absent
 };
 
 struct Response {
@@ -56,8 +57,8 @@ class WebhookService {
     void replace(std::shared_ptr<const Runtime> runtime) { runtime_.store(std::move(runtime)); }
     void set_ready(bool ready) { ready_.store(ready); }
 
-    // Steps 1-2 of the request path: an answer now (404, 405, 413, /healthz) or the endpoint
-    // whose body should be read.
+    // Steps 1-2 of the request path: an answer now (404, 405, 501, 413, /healthz) or the
+    // endpoint whose body should be read.
     std::variant<Response, const EndpointConfig*> route_head(const Runtime& runtime,
                                                              const RequestHead& head) const;
 
