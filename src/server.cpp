@@ -271,7 +271,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
             auto decision = service.route_head(*runtime, head);
             if (auto* early = std::get_if<Response>(&decision)) {
                 res = std::move(*early);
-                read_all = parser.is_done();
+                read_all = parser.is_done() && !res.close;
             } else {
                 const auto& endpoint = *std::get<const EndpointConfig*>(decision);
                 // Ask for the body only once we know we want it.

@@ -78,11 +78,13 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     if (!head.transfer_encoding.empty() && !iequals(head.transfer_encoding, "chunked")) {
         auto r = error_response(501, "unsupported transfer-encoding");
         r.endpoint = endpoint->path;
+        r.close = true;  // where this request ends is unknown, so no next one can be read
         return r;
     }
     if (head.content_length && *head.content_length > runtime.config.limits.max_body_bytes) {
         auto r = error_response(413, "body too large");
         r.endpoint = endpoint->path;
+        r.close = true;  // the body will not be read
         return r;
     }
     return endpoint;

@@ -47,7 +47,7 @@ class WebhookServiceTest : public ::testing::Test {
     std::variant<Response, const EndpointConfig*> head(std::string_view method,
                                                        std::string_view target,
                                                        std::optional<std::uint64_t> length = 10) {
-        return service->route_head(*rt, RequestHead{method, target, length});
+        return service->route_head(*rt, RequestHead{method, target, length, {}});
     }
     const EndpointConfig& hook() { return *rt->config.find_endpoint("/hook"); }
 
@@ -77,6 +77,7 @@ TEST_F(WebhookServiceTest, PathIsCheckedBeforeMethodBeforeSize) {
     EXPECT_EQ(std::get<Response>(head("GET", "/nope", 5000)).status, 404);
     EXPECT_EQ(std::get<Response>(head("GET", "/hook", 5000)).status, 405);
     EXPECT_EQ(std::get<Response>(head("POST", "/hook", 1001)).status, 413);
+    EXPECT_TRUE(std::get<Response>(head("POST", "/hook", 1001)).close);
 }
 
 TEST_F(WebhookServiceTest, BodyAtTheLimitOrChunkedGoesOnToBeRead) {
@@ -94,6 +95,7 @@ TEST_F(WebhookServiceTest, OnlyChunkedTransferEncodingIsRead) {
         auto d = with_te(te);
         ASSERT_TRUE(std::holds_alternative<Response>(d)) << te;
         EXPECT_EQ(std::get<Response>(d).status, 501) << te;
+        EXPECT_TRUE(std::get<Response>(d).close) << te;
     }
 }
 

@@ -38,8 +38,9 @@ struct RequestHead {
 
 struct Response {
     int status = 200;
-    std::string body;   // small JSON
-    std::string allow;  // the Allow header, for 405
+    std::string body;    // small JSON
+    std::string allow;   // the Allow header, for 405
+    bool close = false;  // the connection cannot carry another request after this answer
     // For the request log line only.
     std::string endpoint;
     std::string event_id;
