@@ -12,6 +12,7 @@
 #include "sigsci/daemon.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/signature.hpp"
+#include "sigsci/spool_cli.hpp"
 
 namespace sigsci {
 
@@ -109,6 +110,8 @@ int run_cli(int argc, char** argv) {
     auto* sign_cmd = app.add_subcommand("sign", "Print the X-SigSci-Signature of FILE (or stdin)");
     sign_cmd->add_option("--key-file", key_file, "File holding the signing key")->required();
     sign_cmd->add_option("file", input_file, "Body to sign (default: stdin)");
+    SpoolCommand spool_cmd;
+    auto* spool = add_spool_commands(app, spool_cmd);
     app.require_subcommand(0, 1);
 
     try {
@@ -119,6 +122,7 @@ int run_cli(int argc, char** argv) {
     }
     if (*check) return check_config(config_file);
     if (*sign_cmd) return sign(key_file, input_file);
+    if (*spool) return run_spool_command(spool_cmd);
     if (config_file.empty()) {
         std::cerr << "sigsci-webhookd: --config is required\n" << app.help();
         return exit_usage;

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -237,6 +239,52 @@ EndpointConfig parse_endpoint(const ConfigNode& node, const std::vector<HandlerS
     return ep;
 }
 
+std::filesystem::path default_spool_path() {
+    // systemd's StateDirectory= sets $STATE_DIRECTORY (several, colon-separated: take the first).
+    if (const char* dir = std::getenv("STATE_DIRECTORY"); dir != nullptr && *dir != '\0') {
+        std::string first(dir);
+        first = first.substr(0, first.find(':'));
+        return std::filesystem::path(first) / "spool.db";
+    }
+    return std::filesystem::absolute("spool.db");
+}
+
+SpoolConfig parse_spool(ConfigObject obj, const ConfigContext& ctx) {
+    SpoolConfig s;
+    using ms = std::chrono::milliseconds;
+    constexpr std::uint64_t year_s = 366ull * 24 * 3600;
+    if (auto n = obj.get("enabled")) s.enabled = n->as_bool();
+    if (auto n = obj.get("path")) {
+        s.path = n->as_nonempty_string();
+        if (s.path.is_relative()) s.path = ctx.base_dir / s.path;
+        s.path = std::filesystem::absolute(s.path);
+    } else {
+        s.path = default_spool_path();
+    }
+    if (auto n = obj.get("max_bytes")) s.max_bytes = n->as_uint(0, 1ull << 50);
+    if (auto n = obj.get("retention_s")) s.retention = std::chrono::seconds(n->as_uint(1, year_s));
+    if (auto n = obj.get("duplicate_window_s"))
+        s.duplicate_window = std::chrono::seconds(n->as_uint(0, year_s));
+    if (auto r = obj.get("retry")) {
+        auto ro = r->as_object();
+        if (auto n = ro.get("initial_delay_ms"))
+            s.retry.initial_delay = ms(n->as_uint(1, 86400000));
+        if (auto n = ro.get("max_delay_ms")) s.retry.max_delay = ms(n->as_uint(1, 7 * 86400000ull));
+        if (auto n = ro.get("max_attempts"))
+            s.retry.max_attempts = static_cast<int>(n->as_uint(1, 1000));
+        if (s.retry.max_delay < s.retry.initial_delay) {
+            ro.require("max_delay_ms").fail("must not be less than initial_delay_ms");
+        }
+        ro.finish();
+    }
+    if (s.duplicate_window > s.retention) {
+        obj.require("duplicate_window_s")
+            .fail("must not be longer than retention_s (events are pruned after it)");
+    }
+    obj.finish();
+    return s;
+}
+
 }  // namespace
 
 const EndpointConfig* Config::find_endpoint(std::string_view path) const {
@@ -244,6 +292,13 @@ const EndpointConfig* Config::find_endpoint(std::string_view path) const {
         if (ep.path == path) return &ep;
     }
     return nullptr;
+}
+
+std::chrono::milliseconds RetryPolicy::delay_after(int failed_attempts, double unit_random) const {
+    const double base = static_cast<double>(initial_delay.count()) *
+                        std::pow(2.0, std::max(0, failed_attempts - 1));
+    const double capped = std::min(base, static_cast<double>(max_delay.count()));
+    return std::chrono::milliseconds(static_cast<std::int64_t>(capped * (0.5 + 0.5 * unit_random)));
 }
 
 unsigned Config::effective_threads() const {
@@ -298,9 +353,10 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
             }
             cfg.endpoints.push_back(std::move(ep));
         }
-        if (root.has("spool")) {
-            ConfigNode(doc["spool"], "spool")
-                .fail("the durable spool is not supported by this version yet");
+        if (auto n = root.get("spool")) {
+            cfg.spool = parse_spool(n->as_object(), ctx);
+        } else {
+            cfg.spool.path = default_spool_path();
         }
         root.finish();
         for (const auto& h : cfg.handlers) {

@@ -14,6 +14,7 @@
 #include "sigsci/dispatcher.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/server.hpp"
+#include "sigsci/spool_sink.hpp"
 #include "sigsci/webhook_service.hpp"
 
 namespace sigsci {
@@ -41,16 +42,40 @@ struct Daemon::Impl {
         : threads(config.effective_threads()),
           ioc(static_cast<int>(threads)),
           work(asio::make_work_guard(ioc)),
-          dispatcher(std::max(2u, threads), config.limits.max_pending_events),
-          service(Runtime::build(std::move(config)), dispatcher),
-          server(ioc, service) {}
+          service(Runtime::build(std::move(config))),
+          server(ioc, service) {
+        const auto runtime = service.snapshot();
+        const auto& cfg = runtime->config;
+        const unsigned delivery_threads = std::max(2u, threads);
+        if (cfg.spool.enabled) {
+            // Retries and resumed deliveries look their handler up in the config of the moment.
+            sink = std::make_unique<SpoolSink>(
+                cfg.spool, delivery_threads, cfg.limits.max_pending_events,
+                [this](const std::string& name) -> HandlerPtr {
+                    const auto rt = service.snapshot();
+                    const auto it = rt->handlers.find(name);
+                    return it == rt->handlers.end() ? nullptr : it->second;
+                });
+        } else {
+            log::warn("config warning", {{"warning",
+                                          "spool.enabled is false: events live in memory "
+                                          "until delivered and are lost if the process dies"}});
+            dispatcher =
+                std::make_unique<Dispatcher>(delivery_threads, cfg.limits.max_pending_events);
+            sink = nullptr;
+        }
+        service.attach(dispatcher ? static_cast<EventSink&>(*dispatcher) : *sink);
+    }
+
+    EventSink& event_sink() { return dispatcher ? static_cast<EventSink&>(*dispatcher) : *sink; }
 
     unsigned threads;
     asio::io_context ioc;
     asio::executor_work_guard<asio::io_context::executor_type> work;
-    Dispatcher dispatcher;
     WebhookService service;
     Server server;
+    std::unique_ptr<Dispatcher> dispatcher;  // spool disabled
+    std::unique_ptr<EventSink> sink;         // spool enabled
     std::vector<std::thread> io_threads;
     std::mutex reload_mutex;  // one reload at a time
     bool started = false;
@@ -107,13 +132,23 @@ bool Daemon::reload(Result<Config> next) {
     }
     const Config& cfg = runtime->config;
     log_warnings(cfg);
+    if (cfg.spool.path != current->config.spool.path ||
+        cfg.spool.enabled != current->config.spool.enabled ||
+        cfg.spool.max_bytes != current->config.spool.max_bytes ||
+        cfg.spool.retention != current->config.spool.retention ||
+        cfg.spool.duplicate_window != current->config.spool.duplicate_window ||
+        cfg.spool.retry.max_attempts != current->config.spool.retry.max_attempts ||
+        cfg.spool.retry.initial_delay != current->config.spool.retry.initial_delay ||
+        cfg.spool.retry.max_delay != current->config.spool.retry.max_delay) {
+        log::warn("config warning", {{"warning", "changes to spool take effect at restart"}});
+    }
     if (!same_listeners(current->config, cfg)) {
         log::warn("config warning",
                   {{"warning", "changes to listen and threads take effect at restart"}});
     }
     log::set_format(cfg.log.format);
     log::set_level(cfg.log.level);
-    impl_->dispatcher.set_max_pending_events(cfg.limits.max_pending_events);
+    if (impl_->dispatcher) impl_->dispatcher->set_max_pending_events(cfg.limits.max_pending_events);
     impl_->service.replace(runtime);
     log::info("reloaded", {{"config", cfg.file.string()},
                            {"endpoints", cfg.endpoints.size()},
@@ -138,11 +173,7 @@ void Daemon::shutdown() {
     const auto left = std::max(std::chrono::milliseconds(0),
                                std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::steady_clock::now()));
-    if (!impl_->dispatcher.wait_idle(left)) {
-        log::warn("drain timeout: waiting for running deliveries",
-                  {{"pending_events", impl_->dispatcher.pending_events()}});
-    }
-    impl_->dispatcher.stop();
+    impl_->event_sink().stop(left);
     impl_->work.reset();
     impl_->ioc.stop();
     for (auto& t : impl_->io_threads) t.join();
@@ -187,7 +218,7 @@ void Daemon::run_until_signalled() {
 }
 
 bool Daemon::wait_deliveries_idle(std::chrono::milliseconds timeout) {
-    return impl_->dispatcher.wait_idle(timeout);
+    return impl_->event_sink().wait_idle(timeout);
 }
 
 std::size_t Daemon::connection_count() const {

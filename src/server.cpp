@@ -1,6 +1,7 @@
 #include "sigsci/server.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -95,6 +96,23 @@ std::optional<Response> answer_for_read_error(const Connection& c, const error_c
     if (ec == http::error::body_limit) return error_response(413, "body too large");
     if (client_gone(ec)) return std::nullopt;
     return error_response(400, "malformed HTTP request");
+}
+
+// Suspends the request's coroutine until the sink has kept (or refused) the event; the I/O
+// thread serves other connections meanwhile, which is what lets many requests share one commit.
+template <class Token>
+auto async_submit(WebhookService& service, Accepted accepted, Token&& token) {
+    return asio::async_initiate<Token, void(SubmitResult)>(
+        [&service](auto handler, Accepted a) {
+            auto executor = asio::get_associated_executor(handler);
+            auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+            service.submit(std::move(a), [shared, executor](SubmitResult r) {
+                asio::post(executor, [shared, r = std::move(r)]() mutable {
+                    std::move (*shared)(std::move(r));
+                });
+            });
+        },
+        token, std::move(accepted));
 }
 
 std::string truncated(std::string_view s, std::size_t n) {
@@ -298,8 +316,17 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
                         c->disarm();
                         read_all = true;
                         const std::string signature(req["X-SigSci-Signature"]);
-                        res = service.handle_body(*runtime, endpoint, signature,
-                                                  std::move(req.body()));
+                        auto verdict = service.check_body(*runtime, endpoint, signature,
+                                                          std::move(req.body()));
+                        if (auto* accepted = std::get_if<Accepted>(&verdict)) {
+                            const auto event = accepted->event;
+                            const bool unrouted = accepted->handlers.empty();
+                            const auto result = co_await async_submit(service, std::move(*accepted),
+                                                                      asio::use_awaitable);
+                            res = service.answer(*event, unrouted, result);
+                        } else {
+                            res = std::move(std::get<Response>(verdict));
+                        }
                     }
                 }
             }
@@ -320,6 +347,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         if (!res.endpoint.empty()) fields["endpoint"] = res.endpoint;
         if (!res.event_id.empty()) fields["event_id"] = res.event_id;
         if (!res.type.empty()) fields["type"] = res.type;
+        if (res.duplicate) fields["duplicate"] = true;
         if (!res.error.empty()) fields["error"] = res.error;
         log::write(res.status < 400 ? log::Level::info : log::Level::warn, "request", fields);
 

@@ -48,8 +48,8 @@ Response error_response(int status, std::string_view message) {
     return r;
 }
 
-WebhookService::WebhookService(std::shared_ptr<const Runtime> runtime, EventSink& sink)
-    : runtime_(std::move(runtime)), sink_(sink) {}
+WebhookService::WebhookService(std::shared_ptr<const Runtime> runtime)
+    : runtime_(std::move(runtime)) {}
 
 std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     const Runtime& runtime, const RequestHead& head) const {
@@ -61,8 +61,9 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
             return r;
         }
         if (!ready_.load()) return error_response(503, "not ready");
+        const auto st = sink_ ? sink_->stats() : SinkStats{};
         Response r;
-        r.body = R"({"status":"ok"})";
+        r.body = Json{{"status", "ok"}, {"backlog", st.backlog}, {"dead", st.dead}}.dump();
         return r;
     }
     const EndpointConfig* endpoint = runtime.config.find_endpoint(path);
@@ -90,8 +91,10 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     return endpoint;
 }
 
-Response WebhookService::handle_body(const Runtime& runtime, const EndpointConfig& endpoint,
-                                     std::string_view signature, std::string body) {
+std::variant<Response, Accepted> WebhookService::check_body(const Runtime& runtime,
+                                                            const EndpointConfig& endpoint,
+                                                            std::string_view signature,
+                                                            std::string body) const {
     const auto check = verify_signature(signature, body, endpoint.signing_keys);
     if (check != SignatureCheck::ok) {
         // The client is not told which part failed; the operator's log is.
@@ -107,28 +110,52 @@ Response WebhookService::handle_body(const Runtime& runtime, const EndpointConfi
         r.error = envelope.error();
         return r;
     }
-    const std::string type = envelope.value().type;
-    auto handlers = runtime.handlers_for(endpoint, type);
-    const bool unrouted = handlers.empty();
-    auto event = make_event(endpoint.path, std::move(body), std::move(envelope).value(),
-                            std::chrono::system_clock::now());
-    if (!sink_.submit(event, std::move(handlers))) {
-        auto r = error_response(503, "overloaded");
-        r.endpoint = endpoint.path;
-        r.type = type;
-        r.error = "too many events waiting for delivery";
-        return r;
-    }
-    if (unrouted) {
-        log::warn("unrouted",
-                  {{"event_id", event->id}, {"endpoint", endpoint.path}, {"type", type}});
-    }
+    auto handlers = runtime.handlers_for(endpoint, envelope.value().type);
+    return Accepted{make_event(endpoint.path, std::move(body), std::move(envelope).value(),
+                               std::chrono::system_clock::now()),
+                    std::move(handlers)};
+}
+
+void WebhookService::submit(Accepted accepted, SubmitDone done) {
+    sink_->submit(accepted.event, std::move(accepted.handlers), std::move(done));
+}
+
+Response WebhookService::answer(const Event& event, bool unrouted,
+                                const SubmitResult& result) const {
+    using Status = SubmitResult::Status;
     Response r;
-    r.body = Json{{"id", event->id}, {"status", "accepted"}}.dump();
-    r.endpoint = endpoint.path;
-    r.event_id = event->id;
-    r.type = type;
-    return r;
+    r.endpoint = event.endpoint;
+    r.type = event.envelope.type;
+    r.event_id = result.id;
+    switch (result.status) {
+        case Status::accepted:
+            if (unrouted) {
+                log::warn("unrouted",
+                          {{"event_id", event.id}, {"endpoint", event.endpoint}, {"type", r.type}});
+            }
+            r.body = Json{{"id", result.id}, {"status", "accepted"}}.dump();
+            return r;
+        case Status::duplicate:
+            // The same body again (a retry of a request we answered slowly): not delivered twice.
+            r.duplicate = true;
+            r.body = Json{{"id", result.id}, {"status", "duplicate"}}.dump();
+            return r;
+        case Status::overloaded: {
+            auto e = error_response(503, "overloaded");
+            e.endpoint = r.endpoint;
+            e.type = r.type;
+            e.error = result.error;
+            return e;
+        }
+        case Status::failed: {
+            auto e = error_response(503, "cannot store event");
+            e.endpoint = r.endpoint;
+            e.type = r.type;
+            e.error = result.error;
+            return e;
+        }
+    }
+    return error_response(500, "internal error");
 }
 
 }  // namespace sigsci

@@ -306,9 +306,68 @@ TEST(Config, UnusedHandlerIsWarnedAbout) {
               r.value().warnings.end());
 }
 
-TEST(Config, SpoolIsRefusedUntilSupported) {
-    expect_error(config_text(one_endpoint, one_handler, R"("spool": {"path": "/tmp/x.db"},)"),
-                 "test.json: spool: the durable spool is not supported by this version yet");
+TEST(Config, SpoolDefaults) {
+    ::unsetenv("STATE_DIRECTORY");
+    auto r = parse(config_text(one_endpoint, one_handler));
+    ASSERT_TRUE(r) << r.error();
+    const auto& s = r.value().spool;
+    EXPECT_TRUE(s.enabled);
+    EXPECT_EQ(s.path, std::filesystem::absolute("spool.db"));
+    EXPECT_EQ(s.max_bytes, 0u);
+    EXPECT_EQ(s.retention.count(), 86400);
+    EXPECT_EQ(s.duplicate_window.count(), 600);
+    EXPECT_EQ(s.retry.initial_delay.count(), 1000);
+    EXPECT_EQ(s.retry.max_delay.count(), 300000);
+    EXPECT_EQ(s.retry.max_attempts, 10);
+}
+
+TEST(Config, SpoolDefaultsToTheSystemdStateDirectory) {
+    ::setenv("STATE_DIRECTORY", "/var/lib/sigsci-webhookd:/var/lib/other", 1);
+    auto r = parse(config_text(one_endpoint, one_handler));
+    ::unsetenv("STATE_DIRECTORY");
+    ASSERT_TRUE(r) << r.error();
+    EXPECT_EQ(r.value().spool.path, "/var/lib/sigsci-webhookd/spool.db");
+}
+
+TEST(Config, SpoolSettings) {
+    auto r = parse(config_text(one_endpoint, one_handler, R"("spool": {"path": "state/spool.db",
+        "max_bytes": 1000000, "retention_s": 3600, "duplicate_window_s": 0,
+        "retry": {"initial_delay_ms": 50, "max_delay_ms": 1000, "max_attempts": 3}},)"),
+                   "/srv/sigsci");
+    ASSERT_TRUE(r) << r.error();
+    const auto& s = r.value().spool;
+    EXPECT_EQ(s.path, "/srv/sigsci/state/spool.db");
+    EXPECT_EQ(s.max_bytes, 1000000u);
+    EXPECT_EQ(s.retention.count(), 3600);
+    EXPECT_EQ(s.duplicate_window.count(), 0);
+    EXPECT_EQ(s.retry.max_attempts, 3);
+    expect_error(
+        config_text(one_endpoint, one_handler,
+                    R"("spool": {"retry": {"initial_delay_ms": 500, "max_delay_ms": 100}},)"),
+        "test.json: spool.retry.max_delay_ms: must not be less than initial_delay_ms");
+    expect_error(config_text(one_endpoint, one_handler,
+                             R"("spool": {"retention_s": 60, "duplicate_window_s": 120},)"),
+                 "test.json: spool.duplicate_window_s: must not be longer than retention_s (events "
+                 "are pruned after it)");
+    expect_error(
+        config_text(one_endpoint, one_handler, R"("spool": {"retry": {"max_attempts": 0}},)"),
+        "test.json: spool.retry.max_attempts: must be a whole number from 1 to 1000");
+    expect_error(config_text(one_endpoint, one_handler, R"("spool": {"dir": "/x"},)"),
+                 "test.json: spool.dir: unknown key");
+}
+
+TEST(Config, RetryDelaysGrowExponentiallyWithJitterUpToTheCap) {
+    RetryPolicy p;
+    p.initial_delay = std::chrono::milliseconds(100);
+    p.max_delay = std::chrono::milliseconds(1000);
+    // Jitter picks a point in the upper half of each step.
+    EXPECT_EQ(p.delay_after(1, 0.0).count(), 50);
+    EXPECT_EQ(p.delay_after(1, 0.999999).count(), 99);
+    EXPECT_EQ(p.delay_after(2, 0.0).count(), 100);
+    EXPECT_EQ(p.delay_after(3, 0.0).count(), 200);
+    EXPECT_EQ(p.delay_after(4, 0.0).count(), 400);
+    EXPECT_EQ(p.delay_after(5, 0.0).count(), 500);   // 800 capped to 1000, halved
+    EXPECT_EQ(p.delay_after(60, 0.0).count(), 500);  // no overflow far out
 }
 
 TEST(Config, LoadConfigNamesAMissingFile) {

@@ -19,6 +19,14 @@ EventPtr event_of(const std::string& body) {
     return make_event("/hook", body, std::move(env).value(), std::chrono::system_clock::now());
 }
 
+// Submits and returns what the sink answered.
+SubmitResult::Status submit(EventSink& sink, const EventPtr& e, std::vector<HandlerPtr> handlers) {
+    SubmitResult::Status status = SubmitResult::Status::failed;
+    sink.submit(e, std::move(handlers), [&](SubmitResult r) { status = r.status; });
+    return status;
+}
+constexpr auto accepted = SubmitResult::Status::accepted;
+
 DeliveryOutcome deliver_now(Handler& h, const EventPtr& e) {
     DeliveryOutcome out{false, "not called"};
     h.deliver(e, [&](DeliveryOutcome o) { out = std::move(o); });
@@ -157,7 +165,7 @@ TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
     auto a = std::make_shared<CountingHandler>("a");
     auto b = std::make_shared<CountingHandler>("b");
     const auto e = event_of(test::sample("flag"));
-    ASSERT_TRUE(d.submit(e, {a, b}));
+    ASSERT_EQ(accepted, submit(d, e, {a, b}));
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
     EXPECT_EQ(a->count, 1);
     EXPECT_EQ(b->count, 1);
@@ -177,8 +185,8 @@ TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
 TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
     Dispatcher d(2, 100);
     auto other = std::make_shared<CountingHandler>("other");
-    ASSERT_TRUE(
-        d.submit(event_of(test::sample("flag")), {std::make_shared<ThrowingHandler>(), other}));
+    ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")),
+                               {std::make_shared<ThrowingHandler>(), other}));
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
     EXPECT_EQ(other->count, 1);
     EXPECT_TRUE(sink->wait_for([](const std::string& l) {
@@ -191,13 +199,13 @@ TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
 TEST_F(DispatcherTest, RefusesBeyondMaxPendingEvents) {
     Dispatcher d(2, 1);
     auto gate = std::make_shared<GateHandler>();
-    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
     gate->wait_started(1);
-    EXPECT_FALSE(d.submit(event_of(test::sample("flag")), {gate}));
+    EXPECT_NE(accepted, submit(d, event_of(test::sample("flag")), {gate}));
     EXPECT_EQ(d.pending_events(), 1u);
     gate->open();
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
-    EXPECT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    EXPECT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
 }
 
@@ -205,9 +213,9 @@ TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
     Dispatcher d(2, 100);
     auto gate = std::make_shared<GateHandler>();
     auto fast = std::make_shared<CountingHandler>("fast");
-    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {gate}));
+    ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
     gate->wait_started(1);
-    ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {fast}));
+    ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {fast}));
     // The fast delivery completes while the gate still holds a thread.
     EXPECT_TRUE(sink->wait_for(
         [](const std::string& l) { return l.find("\"handler\":\"fast\"") != std::string::npos; }));
@@ -221,9 +229,9 @@ TEST_F(DispatcherTest, StopFinishesQueuedDeliveries) {
     {
         Dispatcher d(1, 1000);
         for (int i = 0; i < 200; ++i)
-            ASSERT_TRUE(d.submit(event_of(test::sample("flag")), {counter}));
-        d.stop();
-        EXPECT_FALSE(d.submit(event_of(test::sample("flag")), {counter}));
+            ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {counter}));
+        d.stop(std::chrono::seconds(10));
+        EXPECT_NE(accepted, submit(d, event_of(test::sample("flag")), {counter}));
     }
     EXPECT_EQ(counter->count, 200);
 }

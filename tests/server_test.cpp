@@ -29,7 +29,8 @@ class ServerTest : public ::testing::Test {
     }
 
     std::string config_text(const std::string& limits, const std::string& listen,
-                            const std::string& keys) const {
+                            const std::string& keys,
+                            const std::string& spool = R"({"path": "spool.db"})") const {
         return R"({
           "listen": )" +
                listen + R"(,
@@ -43,7 +44,9 @@ class ServerTest : public ::testing::Test {
             {"path": "/sigsci/unrouted", "signing_keys": [{"file": "key-one"}]}
           ],
           "handlers": {"archive": {"kind": "file", "path": "events.jsonl"},
-                       "audit": {"kind": "log", "payload": "summary"}}
+                       "audit": {"kind": "log", "payload": "summary"}},
+          "spool": )" +
+               spool + R"(
         })";
     }
 
@@ -153,7 +156,7 @@ TEST_F(ServerTest, HealthzIs200WhenReady) {
     start();
     const auto r = exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(r.status, 200);
-    EXPECT_EQ(r.body, R"({"status":"ok"})");
+    EXPECT_EQ(r.body, R"({"status":"ok","backlog":0,"dead":0})");
 }
 
 // The declared size alone is enough: the body is never sent, so a server that waited for it
@@ -286,7 +289,7 @@ TEST_F(ServerTest, KeepAliveServesManyRequestsOnOneConnection) {
     start();
     RawClient c(port);
     for (int i = 0; i < 5; ++i) {
-        const auto body = test::sample("flag");
+        const auto body = test::numbered(test::sample("flag"), i);
         c.send(test::post("/sigsci/test", body, sign(body)));
         const auto r = c.read_response();
         EXPECT_EQ(r.status, 200);
@@ -476,7 +479,8 @@ TEST_F(ServerTest, ReloadReopensTheArchiveFile) {
     ASSERT_EQ(archived().size(), 1u);
     std::filesystem::rename(dir / "events.jsonl", dir / "events.jsonl.1");
     ASSERT_TRUE(daemon->reload());
-    ASSERT_EQ(exchange(test::post("/sigsci/test", body, sign(body))).status, 200);
+    const auto second = test::numbered(body, 2);
+    ASSERT_EQ(exchange(test::post("/sigsci/test", second, sign(second))).status, 200);
     EXPECT_EQ(archived().size(), 1u);
     EXPECT_EQ(test::read_lines(dir / "events.jsonl.1").size(), 1u);
 }
@@ -545,8 +549,10 @@ TEST_F(ServerTest, ConcurrentClientsAllGetTheirEventsArchived) {
             RawClient c(port);
             const auto types = test::sample_types();
             for (int i = 0; i < per_client; ++i) {
-                const auto body = test::sample(
-                    types[static_cast<std::size_t>(t * per_client + i) % types.size()]);
+                const auto body = test::numbered(
+                    test::sample(
+                        types[static_cast<std::size_t>(t * per_client + i) % types.size()]),
+                    t * per_client + i);
                 c.send(test::post("/sigsci/test", body, sign(body)));
                 if (c.read_response().status == 200) ++ok;
             }

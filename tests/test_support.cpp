@@ -53,6 +53,12 @@ std::vector<std::string> sample_types() {
     return out;
 }
 
+std::string numbered(const std::string& body, int n) {
+    const auto brace = body.find('{');
+    return body.substr(0, brace + 1) + "\"test_seq\":" + std::to_string(n) + "," +
+           body.substr(brace + 1);
+}
+
 TempDir::TempDir() {
     std::random_device rd;
     path_ = std::filesystem::temp_directory_path() /

@@ -21,6 +21,8 @@ void write_file(const std::filesystem::path& path, const std::string& text);
 std::vector<std::string> read_lines(const std::filesystem::path& path);
 std::string sample(const std::string& type);  // tests/data/samples/TYPE.json
 std::vector<std::string> sample_types();      // every sample, sorted
+// `body` (a JSON object) with "test_seq": n added first, so repeated sends are not duplicates.
+std::string numbered(const std::string& body, int n);
 
 class TempDir {
   public:

@@ -11,14 +11,22 @@ namespace {
 
 class FakeSink final : public EventSink {
   public:
-    bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) override {
-        if (!accept) return false;
+    void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override {
+        if (result != SubmitResult::Status::accepted) {
+            done({result, result == SubmitResult::Status::duplicate ? "original-id" : event->id,
+                  "sink said no"});
+            return;
+        }
         events.push_back(event);
         routed.push_back({});
         for (const auto& h : handlers) routed.back().push_back(h->name());
-        return true;
+        done({SubmitResult::Status::accepted, event->id, {}});
     }
-    bool accept = true;
+    bool wait_idle(std::chrono::milliseconds) override { return true; }
+    void stop(std::chrono::milliseconds) override {}
+    SinkStats stats() const override { return {7, 3}; }
+
+    SubmitResult::Status result = SubmitResult::Status::accepted;
     std::vector<EventPtr> events;
     std::vector<std::vector<std::string>> routed;
 };
@@ -39,7 +47,8 @@ class WebhookServiceTest : public ::testing::Test {
         log::configure(log::Format::json, log::Level::debug, sink_log);
         auto cfg = parse_config(config_json, "t.json", ".");
         ASSERT_TRUE(cfg) << cfg.error();
-        service = std::make_unique<WebhookService>(Runtime::build(std::move(cfg).value()), sink);
+        service = std::make_unique<WebhookService>(Runtime::build(std::move(cfg).value()));
+        service->attach(sink);
         rt = service->snapshot();
     }
     void TearDown() override { log::configure(log::Format::json, log::Level::info); }
@@ -50,6 +59,19 @@ class WebhookServiceTest : public ::testing::Test {
         return service->route_head(*rt, RequestHead{method, target, length, {}});
     }
     const EndpointConfig& hook() { return *rt->config.find_endpoint("/hook"); }
+
+    // The request path after the head, as the server runs it: check, submit, answer.
+    Response handle_body(const EndpointConfig& endpoint, std::string_view signature,
+                         std::string body) {
+        auto verdict = service->check_body(*rt, endpoint, signature, std::move(body));
+        if (auto* r = std::get_if<Response>(&verdict)) return *r;
+        auto accepted = std::get<Accepted>(std::move(verdict));
+        const auto event = accepted.event;
+        const bool unrouted = accepted.handlers.empty();
+        SubmitResult result;
+        service->submit(std::move(accepted), [&](SubmitResult r) { result = std::move(r); });
+        return service->answer(*event, unrouted, result);
+    }
 
     std::shared_ptr<test::MemorySink> sink_log;
     FakeSink sink;
@@ -112,10 +134,9 @@ TEST_F(WebhookServiceTest, HealthzAnswers503UntilReady) {
 
 TEST_F(WebhookServiceTest, EveryVerificationFailureLooksTheSameToTheClient) {
     const std::string body = R"({"type":"flag"})";
-    const auto missing = service->handle_body(*rt, hook(), "", body);
-    const auto malformed = service->handle_body(*rt, hook(), "abc", body);
-    const auto mismatch =
-        service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", body)), body);
+    const auto missing = handle_body(hook(), "", body);
+    const auto malformed = handle_body(hook(), "abc", body);
+    const auto mismatch = handle_body(hook(), to_hex(hmac_sha256("wrong", body)), body);
     for (const auto* r : {&missing, &malformed, &mismatch}) {
         EXPECT_EQ(r->status, 401);
         EXPECT_EQ(r->body, R"({"error":"unauthorized"})");
@@ -127,14 +148,13 @@ TEST_F(WebhookServiceTest, EveryVerificationFailureLooksTheSameToTheClient) {
 }
 
 TEST_F(WebhookServiceTest, SignatureIsCheckedBeforeTheBodyIsParsed) {
-    const auto r =
-        service->handle_body(*rt, hook(), to_hex(hmac_sha256("wrong", "not json")), "not json");
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("wrong", "not json")), "not json");
     EXPECT_EQ(r.status, 401);
 }
 
 TEST_F(WebhookServiceTest, SignedButInvalidEnvelopeIs400) {
     const std::string body = R"({"payload":{}})";
-    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("new", body)), body);
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("new", body)), body);
     EXPECT_EQ(r.status, 400);
     EXPECT_EQ(r.body, R"({"error":"envelope has no \"type\""})");
     EXPECT_TRUE(sink.events.empty());
@@ -142,7 +162,7 @@ TEST_F(WebhookServiceTest, SignedButInvalidEnvelopeIs400) {
 
 TEST_F(WebhookServiceTest, AcceptedEventIsRoutedAndAnsweredWithItsId) {
     const auto body = test::sample("flag");
-    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("old", body)), body);
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("old", body)), body);
     ASSERT_EQ(r.status, 200);
     ASSERT_EQ(sink.events.size(), 1u);
     EXPECT_EQ(r.body, R"({"id":")" + sink.events[0]->id + R"(","status":"accepted"})");
@@ -154,7 +174,7 @@ TEST_F(WebhookServiceTest, AcceptedEventIsRoutedAndAnsweredWithItsId) {
 TEST_F(WebhookServiceTest, UnroutedEventIsAcceptedAndLogged) {
     const std::string body = R"({"type":"flag"})";
     const auto& quiet = *rt->config.find_endpoint("/quiet");
-    const auto r = service->handle_body(*rt, quiet, to_hex(hmac_sha256("q", body)), body);
+    const auto r = handle_body(quiet, to_hex(hmac_sha256("q", body)), body);
     EXPECT_EQ(r.status, 200);
     EXPECT_TRUE(sink_log->wait_for([&](const std::string& l) {
         auto j = Json::parse(l);
@@ -162,12 +182,36 @@ TEST_F(WebhookServiceTest, UnroutedEventIsAcceptedAndLogged) {
     }));
 }
 
-TEST_F(WebhookServiceTest, RefusedBySinkIs503) {
-    sink.accept = false;
+TEST_F(WebhookServiceTest, OverloadedSinkIs503) {
+    sink.result = SubmitResult::Status::overloaded;
     const std::string body = R"({"type":"flag"})";
-    const auto r = service->handle_body(*rt, hook(), to_hex(hmac_sha256("new", body)), body);
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("new", body)), body);
     EXPECT_EQ(r.status, 503);
     EXPECT_EQ(r.body, R"({"error":"overloaded"})");
+    EXPECT_EQ(r.error, "sink said no");
+}
+
+TEST_F(WebhookServiceTest, StoreFailureIs503) {
+    sink.result = SubmitResult::Status::failed;
+    const std::string body = R"({"type":"flag"})";
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("new", body)), body);
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.body, R"({"error":"cannot store event"})");
+}
+
+TEST_F(WebhookServiceTest, DuplicateIsAnswered200WithTheOriginalId) {
+    sink.result = SubmitResult::Status::duplicate;
+    const std::string body = R"({"type":"flag"})";
+    const auto r = handle_body(hook(), to_hex(hmac_sha256("new", body)), body);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, R"({"id":"original-id","status":"duplicate"})");
+    EXPECT_TRUE(r.duplicate);
+}
+
+TEST_F(WebhookServiceTest, HealthzReportsBacklogAndDeadLetters) {
+    service->set_ready(true);
+    EXPECT_EQ(std::get<Response>(head("GET", "/healthz")).body,
+              R"({"status":"ok","backlog":7,"dead":3})");
 }
 
 }  // namespace

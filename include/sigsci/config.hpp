@@ -29,6 +29,25 @@ struct Limits {
     std::uint64_t max_pending_events = 65536;
 };
 
+struct RetryPolicy {
+    std::chrono::milliseconds initial_delay{1000};
+    std::chrono::milliseconds max_delay{300000};
+    int max_attempts = 10;
+
+    // The wait before attempt `failed_attempts + 1`: initial * 2^(failed-1), capped, then a
+    // random point in its upper half (unit_random in [0, 1)) so retries spread out.
+    std::chrono::milliseconds delay_after(int failed_attempts, double unit_random) const;
+};
+
+struct SpoolConfig {
+    bool enabled = true;
+    std::filesystem::path path;   // absolute once loaded
+    std::uint64_t max_bytes = 0;  // 0: no limit
+    std::chrono::seconds retention{86400};
+    std::chrono::seconds duplicate_window{600};
+    RetryPolicy retry;
+};
+
 struct LogSettings {
     log::Format format = log::Format::json;
     log::Level level = log::Level::info;
@@ -53,6 +72,7 @@ struct Config {
     LogSettings log;
     std::vector<EndpointConfig> endpoints;
     std::vector<HandlerSpec> handlers;
+    SpoolConfig spool;
     std::vector<std::string> warnings;  // to be logged once logging is set up
 
     const EndpointConfig* find_endpoint(std::string_view path) const;

@@ -1,38 +1,60 @@
 #pragma once
-// The one place accepted events enter delivery. The request path calls submit(); handlers run
-// on the dispatcher's own threads, never on I/O threads. The durable spool will sit in front
-// of this interface.
+// Where accepted events enter delivery. The request path submits through EventSink and answers
+// only when the sink says the event is kept: the spool (spool_sink.hpp) answers after a durable
+// commit; the in-memory Dispatcher here (spool disabled) answers at once.
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "sigsci/delivery.hpp"
 #include "sigsci/handler.hpp"
 
 namespace sigsci {
 
+struct SubmitResult {
+    enum class Status { accepted, duplicate, overloaded, failed };
+    Status status = Status::accepted;
+    std::string id;     // the event's id; for a duplicate, the original event's id
+    std::string error;  // for overloaded and failed: why, for the log
+};
+
+using SubmitDone = std::function<void(SubmitResult)>;
+
+struct SinkStats {
+    std::uint64_t backlog = 0;  // deliveries not yet done
+    std::uint64_t dead = 0;     // dead-lettered deliveries
+};
+
 class EventSink {
   public:
     virtual ~EventSink() = default;
-    // false: not accepted (overloaded); the caller answers 503 and nothing was kept.
-    virtual bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) = 0;
+    // Keeps the event for delivery to `handlers` and calls `done` (possibly on another thread,
+    // possibly before returning). Nothing is kept unless done reports accepted.
+    virtual void submit(const EventPtr& event, std::vector<HandlerPtr> handlers,
+                        SubmitDone done) = 0;
+    // Blocks until nothing is left to deliver (or dead), or the timeout passes.
+    virtual bool wait_idle(std::chrono::milliseconds timeout) = 0;
+    // Stops taking events, lets running deliveries finish within `timeout`, and stops.
+    virtual void stop(std::chrono::milliseconds timeout) = 0;
+    virtual SinkStats stats() const = 0;
 };
 
+// The spool-disabled sink: events live in memory until delivered, one attempt each.
 class Dispatcher final : public EventSink {
   public:
     Dispatcher(unsigned threads, std::uint64_t max_pending_events);
     ~Dispatcher() override;
 
-    bool submit(const EventPtr& event, std::vector<HandlerPtr> handlers) override;
+    void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
+    bool wait_idle(std::chrono::milliseconds timeout) override;
+    void stop(std::chrono::milliseconds timeout) override;
+    SinkStats stats() const override;
 
     void set_max_pending_events(std::uint64_t n);
     std::uint64_t pending_events() const;
-
-    // Blocks until no delivery is in flight or the timeout passes; true when idle.
-    bool wait_idle(std::chrono::milliseconds timeout);
-
-    // Waits for running deliveries, then joins the threads. Idempotent.
-    void stop();
 
   private:
     struct Impl;

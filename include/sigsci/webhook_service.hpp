@@ -41,6 +41,7 @@ struct Response {
     std::string body;    // small JSON
     std::string allow;   // the Allow header, for 405
     bool close = false;  // the connection cannot carry another request after this answer
+    bool duplicate = false;
     // For the request log line only.
     std::string endpoint;
     std::string event_id;
@@ -50,9 +51,17 @@ struct Response {
 
 Response error_response(int status, std::string_view message);
 
+// A verified, parsed, routed event, ready to be kept.
+struct Accepted {
+    EventPtr event;
+    std::vector<HandlerPtr> handlers;  // empty: unrouted
+};
+
 class WebhookService {
   public:
-    WebhookService(std::shared_ptr<const Runtime> runtime, EventSink& sink);
+    explicit WebhookService(std::shared_ptr<const Runtime> runtime);
+    // The sink must be attached before requests arrive.
+    void attach(EventSink& sink) { sink_ = &sink; }
 
     std::shared_ptr<const Runtime> snapshot() const { return runtime_.load(); }
     void replace(std::shared_ptr<const Runtime> runtime) { runtime_.store(std::move(runtime)); }
@@ -63,13 +72,21 @@ class WebhookService {
     std::variant<Response, const EndpointConfig*> route_head(const Runtime& runtime,
                                                              const RequestHead& head) const;
 
-    // Steps 3-5: verify the raw body, then parse, record and hand off for delivery.
-    Response handle_body(const Runtime& runtime, const EndpointConfig& endpoint,
-                         std::string_view signature, std::string body);
+    // Steps 3-4: verify the raw body, then parse and route it: an answer now (401, 400), or
+    // an event to keep.
+    std::variant<Response, Accepted> check_body(const Runtime& runtime,
+                                                const EndpointConfig& endpoint,
+                                                std::string_view signature, std::string body) const;
+
+    // Step 5: hands the event to the sink; `done` runs once it is kept (or refused).
+    void submit(Accepted accepted, SubmitDone done);
+
+    // The answer once the sink has spoken: 200 accepted or duplicate, 503 otherwise.
+    Response answer(const Event& event, bool unrouted, const SubmitResult& result) const;
 
   private:
     std::atomic<std::shared_ptr<const Runtime>> runtime_;
-    EventSink& sink_;
+    EventSink* sink_ = nullptr;
     std::atomic<bool> ready_{false};
 };
 

@@ -1,0 +1,36 @@
+#pragma once
+// Runs handlers on a thread pool of their own, never on the I/O threads.
+#include <functional>
+#include <memory>
+
+#include "sigsci/handler.hpp"
+#include "sigsci/log.hpp"
+
+namespace sigsci {
+
+class DeliveryPool {
+  public:
+    explicit DeliveryPool(unsigned threads);
+    ~DeliveryPool();
+    DeliveryPool(const DeliveryPool&) = delete;
+    DeliveryPool& operator=(const DeliveryPool&) = delete;
+
+    // Calls handler->deliver(event) on a pool thread; `done` gets the outcome and the time taken
+    // in ms. A handler that throws is a failed delivery. `done` runs exactly once.
+    void run(EventPtr event, HandlerPtr handler,
+             std::function<void(DeliveryOutcome, double duration_ms)> done);
+
+    // Finishes what was queued, then joins the threads. Idempotent.
+    void stop();
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// The `delivery` log line: one per attempt outcome.
+void log_delivery(const Event& event, const std::string& handler, int attempt,
+                  const DeliveryOutcome& outcome, std::string_view status, double duration_ms,
+                  const log::Fields& extra = log::Fields::object());
+
+}  // namespace sigsci

@@ -1,0 +1,127 @@
+#pragma once
+// Durable storage of accepted events and the state of each (event, handler) delivery. SQLite is
+// the embedded implementation; the interface is what a replicated backend would implement.
+// A Spool object is one connection: use it from one thread at a time.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sigsci {
+
+class SpoolError : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class DeliveryState { pending, delivered, dead };
+std::string_view to_string(DeliveryState state);
+
+struct NewEvent {
+    std::string id;
+    std::string received_at;  // RFC 3339
+    std::int64_t received_ms = 0;
+    std::string endpoint;
+    std::string type;
+    std::string body;                   // the raw signed bytes
+    std::string body_hash;              // for duplicate detection (32 bytes)
+    std::vector<std::string> handlers;  // one pending delivery each
+};
+
+struct StoreOutcome {
+    bool duplicate = false;
+    std::string id;        // the stored id, or the original's for a duplicate
+    std::int64_t seq = 0;  // the stored event's key
+};
+
+struct DeliveryUpdate {
+    std::int64_t seq = 0;
+    std::string handler;
+    DeliveryState state = DeliveryState::pending;
+    int attempts = 0;
+    std::int64_t next_attempt_ms = 0;
+    std::string error;
+};
+
+struct DueDelivery {
+    std::int64_t seq = 0;
+    std::string event_id;
+    std::string handler;
+    int attempts = 0;
+};
+
+struct StoredEvent {
+    std::int64_t seq = 0;
+    std::string id;
+    std::string received_at;
+    std::int64_t received_ms = 0;
+    std::string endpoint;
+    std::string type;
+    std::string body;
+};
+
+struct StoredDelivery {
+    std::string event_id;
+    std::string received_at;
+    std::string endpoint;
+    std::string type;
+    std::string handler;
+    DeliveryState state = DeliveryState::pending;
+    int attempts = 0;
+    std::int64_t next_attempt_ms = 0;
+    std::string last_error;
+};
+
+struct SpoolStats {
+    std::uint64_t events = 0;
+    std::uint64_t pending = 0;
+    std::uint64_t delivered = 0;
+    std::uint64_t dead = 0;
+    std::optional<std::int64_t> oldest_pending_ms;  // received time of the oldest pending event
+};
+
+struct SpoolOptions {
+    std::uint64_t max_bytes = 0;  // 0: no limit; beyond it stores fail (SQLITE_FULL)
+};
+
+class Spool {
+  public:
+    virtual ~Spool() = default;
+
+    // One durable transaction: stores each event (or finds a duplicate of its body received at
+    // or after `duplicates_since_ms`), then applies each update. Throws SpoolError when nothing
+    // was committed.
+    virtual std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
+                                             std::span<const DeliveryUpdate> updates,
+                                             std::int64_t duplicates_since_ms) = 0;
+
+    // Pending deliveries whose next attempt is due, oldest first.
+    virtual std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) = 0;
+    virtual std::optional<StoredEvent> load(std::int64_t seq) = 0;
+    virtual std::optional<StoredEvent> find(const std::string& id) = 0;
+    virtual SpoolStats stats() = 0;
+
+    // Deletes events received before `before_ms` whose deliveries are all delivered (or that
+    // had none), at most `limit`; returns how many.
+    virtual std::size_t prune(std::int64_t before_ms, std::size_t limit) = 0;
+
+    // Operator commands.
+    virtual std::vector<StoredDelivery> list(std::optional<DeliveryState> state,
+                                             const std::string& type, std::size_t limit) = 0;
+    virtual std::vector<StoredDelivery> deliveries_of(const std::string& event_id) = 0;
+    // Dead deliveries (of one event, or all when `event_id` is empty) become pending, due now,
+    // with a fresh attempt budget. Returns how many.
+    virtual std::size_t retry_dead(const std::string& event_id, std::int64_t now_ms) = 0;
+    // Deletes every event received before `before_ms`, whatever its state. Returns how many.
+    virtual std::size_t purge(std::int64_t before_ms) = 0;
+};
+
+// Opens (creating if needed) the SQLite spool; throws SpoolError naming the path.
+std::unique_ptr<Spool> open_sqlite_spool(const std::filesystem::path& path,
+                                         const SpoolOptions& options = {});
+
+}  // namespace sigsci

@@ -1,0 +1,41 @@
+#pragma once
+// The durable EventSink: an event is answered 200 only after its commit to the spool, and every
+// (event, handler) delivery is driven from the spool until it is delivered or dead-lettered.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+
+#include "sigsci/config.hpp"
+#include "sigsci/dispatcher.hpp"
+#include "sigsci/spool.hpp"
+
+namespace sigsci {
+
+class SpoolSink final : public EventSink {
+  public:
+    using HandlerLookup = std::function<HandlerPtr(const std::string& name)>;
+
+    // Opens the spool (throws SpoolError) and resumes every delivery left pending.
+    SpoolSink(SpoolConfig config, unsigned delivery_threads, std::uint64_t max_pending_events,
+              HandlerLookup lookup);
+    ~SpoolSink() override;
+
+    void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
+    bool wait_idle(std::chrono::milliseconds timeout) override;
+    void stop(std::chrono::milliseconds timeout) override;
+    SinkStats stats() const override;
+
+  private:
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+// The duplicate-detection key: SHA-256 over the endpoint path, a NUL, and the raw body.
+std::string body_hash(std::string_view endpoint, std::string_view body);
+
+// Rebuilds an event read back from the spool (same id and receipt time).
+EventPtr restore_event(const StoredEvent& stored);
+
+}  // namespace sigsci

@@ -1,0 +1,66 @@
+#include "sigsci/delivery.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+
+namespace sigsci {
+
+struct DeliveryPool::Impl {
+    explicit Impl(unsigned threads) : pool(threads == 0 ? 1 : threads) {}
+    boost::asio::thread_pool pool;
+    std::once_flag stopped;
+};
+
+DeliveryPool::DeliveryPool(unsigned threads) : impl_(std::make_unique<Impl>(threads)) {}
+
+DeliveryPool::~DeliveryPool() {
+    stop();
+}
+
+void DeliveryPool::run(EventPtr event, HandlerPtr handler,
+                       std::function<void(DeliveryOutcome, double)> done) {
+    boost::asio::post(impl_->pool, [event = std::move(event), handler = std::move(handler),
+                                    done = std::move(done)] {
+        const auto started = std::chrono::steady_clock::now();
+        // A handler may call back and then throw; only the first report counts.
+        auto reported = std::make_shared<std::atomic<bool>>(false);
+        auto once = [reported, started, done](DeliveryOutcome outcome) {
+            if (reported->exchange(true)) return;
+            const double ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - started)
+                                  .count();
+            done(std::move(outcome), ms);
+        };
+        try {
+            handler->deliver(event, once);
+        } catch (const std::exception& e) {
+            once({false, std::string("handler threw: ") + e.what()});
+        }
+    });
+}
+
+void DeliveryPool::stop() {
+    std::call_once(impl_->stopped, [this] { impl_->pool.join(); });
+}
+
+void log_delivery(const Event& event, const std::string& handler, int attempt,
+                  const DeliveryOutcome& outcome, std::string_view status, double duration_ms,
+                  const log::Fields& extra) {
+    log::Fields fields{
+        {"event_id", event.id},
+        {"endpoint", event.endpoint},
+        {"type", event.envelope.type},
+        {"handler", handler},
+        {"attempt", attempt},
+        {"status", status},
+        {"duration_ms", static_cast<double>(static_cast<long>(duration_ms * 1000)) / 1000}};
+    if (!outcome.ok) fields["error"] = outcome.error;
+    for (const auto& [key, value] : extra.items()) fields[key] = value;
+    log::write(outcome.ok ? log::Level::info : log::Level::error, "delivery", fields);
+}
+
+}  // namespace sigsci

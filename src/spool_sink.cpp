@@ -1,0 +1,510 @@
+#include "sigsci/spool_sink.hpp"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "sigsci/log.hpp"
+
+namespace sigsci {
+
+namespace {
+
+using Clock = std::chrono::system_clock;
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+        .count();
+}
+
+// Deliveries running at once; beyond it, accepted events wait in the spool for the poller.
+constexpr std::size_t max_in_flight = 1024;
+constexpr auto poll_interval = std::chrono::milliseconds(250);
+constexpr auto stats_interval = std::chrono::seconds(2);
+constexpr auto prune_interval = std::chrono::seconds(60);
+constexpr auto stats_log_interval = std::chrono::seconds(60);
+constexpr auto failed_commit_backoff = std::chrono::milliseconds(1000);
+constexpr std::size_t prune_batch = 1000;
+
+}  // namespace
+
+std::string body_hash(std::string_view endpoint, std::string_view body) {
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+    std::string out(32, '\0');
+    unsigned int len = 0;
+    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
+        EVP_DigestUpdate(ctx.get(), endpoint.data(), endpoint.size()) != 1 ||
+        EVP_DigestUpdate(ctx.get(), "", 1) != 1 ||
+        EVP_DigestUpdate(ctx.get(), body.data(), body.size()) != 1 ||
+        EVP_DigestFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len) != 1) {
+        throw std::runtime_error("SHA-256 failed inside OpenSSL");
+    }
+    return out;
+}
+
+EventPtr restore_event(const StoredEvent& stored) {
+    auto envelope = parse_envelope(stored.body);
+    if (!envelope) return nullptr;
+    auto event = std::make_shared<Event>();
+    event->id = stored.id;
+    event->received_at = stored.received_at;
+    event->endpoint = stored.endpoint;
+    event->body = stored.body;
+    event->envelope = std::move(envelope).value();
+    return event;
+}
+
+struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
+    struct StoreRequest {
+        NewEvent row;
+        EventPtr event;
+        std::vector<HandlerPtr> handlers;
+        bool fast = false;  // claimed for delivery from memory right after the commit
+        SubmitDone done;
+    };
+    struct OutcomeRequest {
+        DeliveryUpdate update;
+        std::string event_id;
+    };
+    using Claim = std::pair<std::string, std::string>;  // (event id, handler)
+
+    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l)
+        : config(std::move(c)),
+          writer_db(open_sqlite_spool(config.path, {config.max_bytes})),
+          reader_db(open_sqlite_spool(config.path)),
+          pool(threads),
+          max_pending_events(max_pending),
+          lookup(std::move(l)),
+          rng(std::random_device{}()) {}
+
+    SpoolConfig config;
+    std::unique_ptr<Spool> writer_db;  // used only by the writer thread
+    std::unique_ptr<Spool> reader_db;  // used only by the poller thread
+    DeliveryPool pool;
+    std::uint64_t max_pending_events;
+    HandlerLookup lookup;
+
+    mutable std::mutex mutex;
+    std::condition_variable writer_cv;
+    std::condition_variable poller_cv;
+    std::condition_variable idle_cv;
+    std::vector<StoreRequest> stores;     // waiting for the next commit
+    std::deque<OutcomeRequest> outcomes;  // waiting for the next commit
+    std::set<Claim> claims;               // deliveries running in this process
+    bool stopping = false;
+    bool starved = false;  // the last poll filled every free slot: wake it when one frees
+    std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
+    std::uint64_t commits = 0;
+    std::mt19937_64 rng;  // guarded by mutex
+
+    std::atomic<std::uint64_t> backlog{0};
+    std::atomic<std::uint64_t> dead{0};
+
+    std::thread writer;
+    std::thread poller;
+
+    // ---- writer: group commit -------------------------------------------------------------
+
+    void writer_loop() {
+        auto next_prune = Clock::now();
+        for (;;) {
+            std::vector<StoreRequest> batch;
+            std::vector<OutcomeRequest> updates;
+            {
+                std::unique_lock lock(mutex);
+                writer_cv.wait_until(lock, next_prune, [&] {
+                    return !stores.empty() || !outcomes.empty() || (stopping && claims.empty());
+                });
+                if (stores.empty() && outcomes.empty() && stopping && claims.empty()) break;
+                batch.swap(stores);
+                updates.assign(outcomes.begin(), outcomes.end());
+                outcomes.clear();
+            }
+            if (!batch.empty() || !updates.empty()) commit_batch(batch, updates);
+            if (Clock::now() >= next_prune) {
+                prune();
+                next_prune = Clock::now() + prune_interval;
+            }
+        }
+        std::lock_guard lock(mutex);
+        idle_cv.notify_all();
+    }
+
+    void commit_batch(std::vector<StoreRequest>& batch, std::vector<OutcomeRequest>& updates) {
+        std::vector<NewEvent> rows;
+        rows.reserve(batch.size());
+        for (auto& r : batch) rows.push_back(std::move(r.row));
+        std::vector<DeliveryUpdate> ups;
+        ups.reserve(updates.size());
+        for (const auto& u : updates) ups.push_back(u.update);
+        const auto dup_since =
+            config.duplicate_window.count() > 0
+                ? now_ms() -
+                      std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window)
+                          .count()
+                : 0;
+        std::vector<StoreOutcome> stored;
+        std::string error;
+        try {
+            stored = writer_db->commit(rows, ups, dup_since);
+        } catch (const SpoolError& e) {
+            error = e.what();
+        }
+        if (!error.empty() && !rows.empty() && !ups.empty()) {
+            // The new events may be what failed (a full disk); outcomes must still be recorded,
+            // or the deliveries behind them would be run again.
+            try {
+                writer_db->commit({}, ups, 0);
+                ups.clear();
+            } catch (const SpoolError&) {
+            }
+        } else if (error.empty()) {
+            ups.clear();
+        }
+        if (!error.empty()) {
+            log::error("spool write failed",
+                       {{"error", error}, {"events", rows.size()}, {"updates", ups.size()}});
+        }
+        finish_stores(batch, stored, error);
+        finish_outcomes(updates, ups.empty());
+        if (!error.empty()) {
+            // Back off before the next try, so a full disk does not become a busy loop.
+            std::unique_lock lock(mutex);
+            writer_cv.wait_for(lock, failed_commit_backoff,
+                               [&] { return stopping && claims.empty(); });
+        }
+    }
+
+    void finish_stores(std::vector<StoreRequest>& batch, const std::vector<StoreOutcome>& stored,
+                       const std::string& error) {
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            auto& r = batch[i];
+            const bool ok = error.empty();
+            const bool duplicate = ok && stored[i].duplicate;
+            if (r.fast && (!ok || duplicate)) release_claims(r);
+            if (!ok) {
+                r.done({SubmitResult::Status::failed, r.event->id, error});
+                continue;
+            }
+            if (duplicate) {
+                r.done({SubmitResult::Status::duplicate, stored[i].id, {}});
+                continue;
+            }
+            r.done({SubmitResult::Status::accepted, r.event->id, {}});
+            if (r.fast) {
+                bool stopping_now;
+                {
+                    std::lock_guard lock(mutex);
+                    stopping_now = stopping;
+                }
+                if (stopping_now) {
+                    release_claims(r);  // stored and pending: delivered after the next start
+                } else {
+                    for (const auto& h : r.handlers) start_delivery(r.event, stored[i].seq, h, 1);
+                }
+            }
+        }
+        std::lock_guard lock(mutex);
+        ++commits;
+        idle_cv.notify_all();
+    }
+
+    void finish_outcomes(const std::vector<OutcomeRequest>& updates, bool committed) {
+        std::lock_guard lock(mutex);
+        if (!committed && !stopping) {
+            // Keep the claims and try the same updates again with the next commit.
+            for (auto it = updates.rbegin(); it != updates.rend(); ++it) outcomes.push_front(*it);
+            return;
+        }
+        if (!committed) {
+            log::error(
+                "spool: delivery outcomes not recorded at shutdown; those deliveries will run "
+                "again",
+                {{"updates", updates.size()}});
+        }
+        for (const auto& u : updates) {
+            claims.erase({u.event_id, u.update.handler});
+            if (u.update.state == DeliveryState::pending) {
+                next_retry_ms = std::min(next_retry_ms, u.update.next_attempt_ms);
+            }
+        }
+        poller_cv.notify_all();
+        idle_cv.notify_all();
+        writer_cv.notify_all();
+    }
+
+    void release_claims(const StoreRequest& r) {
+        std::lock_guard lock(mutex);
+        for (const auto& h : r.handlers) claims.erase({r.event->id, h->name()});
+        idle_cv.notify_all();
+    }
+
+    void prune() {
+        const auto before =
+            now_ms() -
+            std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
+        try {
+            std::size_t total = 0;
+            for (int i = 0; i < 100; ++i) {
+                const auto n = writer_db->prune(before, prune_batch);
+                total += n;
+                if (n < prune_batch) break;
+            }
+            if (total > 0) log::info("spool pruned", {{"events", total}});
+        } catch (const SpoolError& e) {
+            log::error("spool prune failed", {{"error", e.what()}});
+        }
+    }
+
+    // ---- deliveries -------------------------------------------------------------------------
+
+    void start_delivery(const EventPtr& event, std::int64_t seq, const HandlerPtr& handler,
+                        int attempt) {
+        auto self = shared_from_this();
+        const std::string name = handler->name();
+        pool.run(event, handler,
+                 [self, event, seq, name, attempt](DeliveryOutcome outcome, double ms) {
+                     self->record_outcome(*event, seq, name, attempt, std::move(outcome), ms);
+                 });
+    }
+
+    void record_outcome(const Event& event, std::int64_t seq, const std::string& handler,
+                        int attempt, DeliveryOutcome outcome, double ms) {
+        DeliveryUpdate u{seq, handler, DeliveryState::delivered, attempt, 0, outcome.error};
+        if (outcome.ok) {
+            log_delivery(event, handler, attempt, outcome, "delivered", ms);
+        } else if (attempt >= config.retry.max_attempts) {
+            u.state = DeliveryState::dead;
+            log_delivery(event, handler, attempt, outcome, "dead", ms);
+        } else {
+            double r;
+            {
+                std::lock_guard lock(mutex);
+                r = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+            }
+            const auto delay = config.retry.delay_after(attempt, r);
+            u.state = DeliveryState::pending;
+            u.next_attempt_ms = now_ms() + delay.count();
+            log_delivery(event, handler, attempt, outcome, "failed", ms,
+                         {{"retry_in_ms", delay.count()}});
+        }
+        std::lock_guard lock(mutex);
+        outcomes.push_back({std::move(u), event.id});
+        writer_cv.notify_one();
+    }
+
+    // ---- poller: retries, resume after restart, replays from the CLI -------------------------
+
+    void poller_loop() {
+        auto next_stats = Clock::now();
+        auto next_stats_log = Clock::now() + stats_log_interval;
+        // The first pass runs at once: whatever a previous run left pending resumes now.
+        for (bool first = true;; first = false) {
+            if (!first) {
+                std::unique_lock lock(mutex);
+                // Wake for the next poll, a retry falling due, a freed slot, or stop; whichever
+                // comes first. Polling also finds what the CLI made pending.
+                const auto wake = [&] {
+                    return stopping || (starved && claims.size() < max_in_flight) ||
+                           next_retry_ms <= now_ms();
+                };
+                const auto poll_at = Clock::now() + poll_interval;
+                while (!wake() && Clock::now() < poll_at) {
+                    const auto retry_at =
+                        Clock::time_point(std::chrono::milliseconds(next_retry_ms));
+                    poller_cv.wait_until(
+                        lock, next_retry_ms == INT64_MAX ? poll_at : std::min(poll_at, retry_at));
+                }
+                if (stopping) break;
+                starved = false;
+                if (next_retry_ms <= now_ms()) next_retry_ms = INT64_MAX;
+            }
+            try {
+                dispatch_due();
+                if (Clock::now() >= next_stats) {
+                    refresh_stats(Clock::now() >= next_stats_log);
+                    if (Clock::now() >= next_stats_log)
+                        next_stats_log = Clock::now() + stats_log_interval;
+                    next_stats = Clock::now() + stats_interval;
+                }
+            } catch (const SpoolError& e) {
+                log::error("spool read failed", {{"error", e.what()}});
+            }
+        }
+    }
+
+    void refresh_stats(bool log_it) {
+        const auto st = reader_db->stats();
+        backlog.store(st.pending);
+        dead.store(st.dead);
+        if (log_it && (st.pending > 0 || st.dead > 0)) {
+            log::Fields f{{"backlog", st.pending}, {"dead", st.dead}, {"events", st.events}};
+            if (st.oldest_pending_ms)
+                f["oldest_pending_age_s"] = (now_ms() - *st.oldest_pending_ms) / 1000;
+            log::warn("spool", f);
+        }
+    }
+
+    void dispatch_due() {
+        std::size_t free;
+        std::size_t claimed;
+        {
+            std::lock_guard lock(mutex);
+            claimed = claims.size();
+            free = claimed < max_in_flight ? max_in_flight - claimed : 0;
+        }
+        if (free == 0) return;
+        // Claimed rows are still pending in the spool, so ask for enough to see past them.
+        for (const auto& row : reader_db->due(now_ms(), free + claimed)) {
+            if (free == 0) {
+                std::lock_guard lock(mutex);
+                starved = true;
+                break;
+            }
+            {
+                std::lock_guard lock(mutex);
+                if (stopping || !claims.insert({row.event_id, row.handler}).second) continue;
+            }
+            --free;
+            const auto stored = reader_db->load(row.seq);
+            if (!stored) {
+                std::lock_guard lock(mutex);
+                claims.erase({row.event_id, row.handler});
+                continue;
+            }
+            const auto event = restore_event(*stored);
+            const auto handler = lookup(row.handler);
+            if (!event || !handler) {
+                const auto why = !event ? "stored body no longer parses"
+                                        : "handler \"" + row.handler + "\" is no longer configured";
+                std::lock_guard lock(mutex);
+                outcomes.push_back(
+                    {{row.seq, row.handler, DeliveryState::dead, row.attempts, 0, why},
+                     stored->id});
+                writer_cv.notify_one();
+                log::error("delivery", {{"event_id", stored->id},
+                                        {"handler", row.handler},
+                                        {"status", "dead"},
+                                        {"error", why}});
+                continue;
+            }
+            start_delivery(event, row.seq, handler, row.attempts + 1);
+        }
+    }
+};
+
+SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
+                     std::uint64_t max_pending_events, HandlerLookup lookup)
+    : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
+                                   std::move(lookup))) {
+    const auto st = impl_->reader_db->stats();
+    impl_->backlog.store(st.pending);
+    impl_->dead.store(st.dead);
+    log::info("spool opened", {{"path", impl_->config.path.string()},
+                               {"events", st.events},
+                               {"backlog", st.pending},
+                               {"dead", st.dead}});
+    impl_->writer = std::thread([impl = impl_.get()] { impl->writer_loop(); });
+    impl_->poller = std::thread([impl = impl_.get()] { impl->poller_loop(); });
+}
+
+SpoolSink::~SpoolSink() {
+    stop(std::chrono::milliseconds(0));
+}
+
+void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) {
+    Impl::StoreRequest r;
+    r.row.id = event->id;
+    r.row.received_at = event->received_at;
+    r.row.received_ms = now_ms();
+    r.row.endpoint = event->endpoint;
+    r.row.type = event->envelope.type;
+    r.row.body = event->body;
+    r.row.body_hash = body_hash(event->endpoint, event->body);
+    for (const auto& h : handlers) r.row.handlers.push_back(h->name());
+    r.event = event;
+    r.handlers = std::move(handlers);
+    r.done = std::move(done);
+    std::unique_lock lock(impl_->mutex);
+    if (impl_->stopping) {
+        lock.unlock();
+        r.done({SubmitResult::Status::overloaded, event->id, "shutting down"});
+        return;
+    }
+    if (impl_->stores.size() >= impl_->max_pending_events) {
+        lock.unlock();
+        r.done(
+            {SubmitResult::Status::overloaded, event->id, "too many events waiting for the spool"});
+        return;
+    }
+    // Claim before the commit makes the rows visible, so the poller cannot start them too.
+    if (impl_->claims.size() + r.handlers.size() <= max_in_flight) {
+        r.fast = true;
+        for (const auto& h : r.handlers) impl_->claims.insert({event->id, h->name()});
+    }
+    impl_->stores.push_back(std::move(r));
+    impl_->writer_cv.notify_one();
+}
+
+bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto probe = open_sqlite_spool(impl_->config.path);
+    for (;;) {
+        {
+            std::unique_lock lock(impl_->mutex);
+            if (!impl_->idle_cv.wait_until(lock, deadline, [&] {
+                    return impl_->stores.empty() && impl_->outcomes.empty() &&
+                           impl_->claims.empty();
+                })) {
+                return false;
+            }
+        }
+        // Nothing runs in memory; the spool tells whether retries are still waiting.
+        if (probe->stats().pending == 0) return true;
+        std::unique_lock lock(impl_->mutex);
+        const auto seen = impl_->commits;
+        if (!impl_->idle_cv.wait_until(
+                lock, std::min(deadline, std::chrono::steady_clock::now() + poll_interval),
+                [&] { return impl_->commits != seen; }) &&
+            std::chrono::steady_clock::now() >= deadline) {
+            return false;
+        }
+    }
+}
+
+void SpoolSink::stop(std::chrono::milliseconds timeout) {
+    {
+        std::unique_lock lock(impl_->mutex);
+        if (impl_->stopping) return;
+        impl_->stopping = true;
+        impl_->poller_cv.notify_all();
+        // Deliveries in flight get the drain period; what remains pending resumes at next start.
+        impl_->idle_cv.wait_for(lock, timeout,
+                                [&] { return impl_->claims.empty() && impl_->outcomes.empty(); });
+        if (!impl_->claims.empty()) {
+            log::warn("drain timeout: deliveries still running",
+                      {{"deliveries", impl_->claims.size()}});
+        }
+    }
+    impl_->poller.join();
+    impl_->pool.stop();  // running deliveries finish and queue their outcomes
+    {
+        std::lock_guard lock(impl_->mutex);
+        impl_->writer_cv.notify_all();
+    }
+    impl_->writer.join();
+}
+
+SinkStats SpoolSink::stats() const {
+    return {impl_->backlog.load(), impl_->dead.load()};
+}
+
+}  // namespace sigsci

@@ -1,0 +1,369 @@
+#include <sqlite3.h>
+
+#include <memory>
+#include <unordered_map>
+
+#include "sigsci/spool.hpp"
+
+namespace sigsci {
+
+std::string_view to_string(DeliveryState state) {
+    switch (state) {
+        case DeliveryState::pending:
+            return "pending";
+        case DeliveryState::delivered:
+            return "delivered";
+        case DeliveryState::dead:
+            return "dead";
+    }
+    return "pending";
+}
+
+namespace {
+
+DeliveryState state_from(std::string_view s) {
+    if (s == "delivered") return DeliveryState::delivered;
+    if (s == "dead") return DeliveryState::dead;
+    return DeliveryState::pending;
+}
+
+struct DbClose {
+    void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+struct StmtFinalize {
+    void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using Db = std::unique_ptr<sqlite3, DbClose>;
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalize>;
+
+// The schema. user_version tells a future version what it is opening.
+constexpr const char* schema = R"sql(
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    received_at TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    endpoint    TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    body_hash   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_hash ON events(body_hash, received_ms);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(received_ms);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_seq       INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    handler         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error      TEXT,
+    PRIMARY KEY (event_seq, handler)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_ms);
+PRAGMA user_version = 1;
+)sql";
+
+class SqliteSpool final : public Spool {
+  public:
+    SqliteSpool(const std::filesystem::path& path, const SpoolOptions& options)
+        : path_(path.string()) {
+        sqlite3* raw = nullptr;
+        const int rc = sqlite3_open_v2(
+            path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+            nullptr);
+        db_.reset(raw);
+        if (rc != SQLITE_OK) fail("open");
+        sqlite3_busy_timeout(db_.get(), 10000);
+        // WAL lets the CLI and the daemon's reader read while the writer writes; FULL makes
+        // every commit durable before it returns, which is what a 200 promises.
+        exec("PRAGMA journal_mode = WAL");
+        exec("PRAGMA synchronous = FULL");
+        exec("PRAGMA foreign_keys = ON");
+        // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
+        exec("PRAGMA journal_size_limit = 67108864");
+        exec(schema);
+        if (options.max_bytes > 0) {
+            const auto page_size = query_int("PRAGMA page_size");
+            const auto pages =
+                std::max<std::int64_t>(1, static_cast<std::int64_t>(options.max_bytes) / page_size);
+            exec("PRAGMA max_page_count = " + std::to_string(pages));
+        }
+    }
+
+    std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
+                                     std::span<const DeliveryUpdate> updates,
+                                     std::int64_t duplicates_since_ms) override {
+        std::vector<StoreOutcome> out;
+        out.reserve(events.size());
+        exec("BEGIN IMMEDIATE");
+        try {
+            for (const auto& e : events) out.push_back(store_one(e, duplicates_since_ms));
+            for (const auto& u : updates) update_one(u);
+            exec("COMMIT");
+        } catch (...) {
+            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
+        return out;
+    }
+
+    std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) override {
+        auto& s = stmt(
+            "SELECT d.event_seq, e.id, d.handler, d.attempts FROM deliveries d JOIN events e "
+            "ON e.seq = d.event_seq WHERE d.state = 'pending' AND d.next_attempt_ms <= ? "
+            "ORDER BY d.next_attempt_ms LIMIT ?");
+        bind(s, 1, now_ms);
+        bind(s, 2, static_cast<std::int64_t>(limit));
+        std::vector<DueDelivery> out;
+        while (step(s)) {
+            out.push_back({column_int(s, 0), column_text(s, 1), column_text(s, 2),
+                           static_cast<int>(column_int(s, 3))});
+        }
+        return out;
+    }
+
+    std::optional<StoredEvent> load(std::int64_t seq) override {
+        auto& s = stmt(
+            "SELECT seq, id, received_at, received_ms, endpoint, type, body FROM events WHERE seq "
+            "= ?");
+        bind(s, 1, seq);
+        return read_event(s);
+    }
+
+    std::optional<StoredEvent> find(const std::string& id) override {
+        auto& s = stmt(
+            "SELECT seq, id, received_at, received_ms, endpoint, type, body FROM events WHERE id = "
+            "?");
+        bind(s, 1, id);
+        return read_event(s);
+    }
+
+    SpoolStats stats() override {
+        SpoolStats st;
+        st.events = static_cast<std::uint64_t>(query_int("SELECT COUNT(*) FROM events"));
+        auto& s = stmt("SELECT state, COUNT(*) FROM deliveries GROUP BY state");
+        while (step(s)) {
+            const auto n = static_cast<std::uint64_t>(column_int(s, 1));
+            switch (state_from(column_text(s, 0))) {
+                case DeliveryState::pending:
+                    st.pending = n;
+                    break;
+                case DeliveryState::delivered:
+                    st.delivered = n;
+                    break;
+                case DeliveryState::dead:
+                    st.dead = n;
+                    break;
+            }
+        }
+        auto& o = stmt(
+            "SELECT MIN(e.received_ms) FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+            "WHERE d.state = 'pending'");
+        if (step(o) && sqlite3_column_type(o.get(), 0) != SQLITE_NULL)
+            st.oldest_pending_ms = column_int(o, 0);
+        sqlite3_reset(o.get());
+        return st;
+    }
+
+    std::size_t prune(std::int64_t before_ms, std::size_t limit) override {
+        auto& s = stmt(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received_ms < ? "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND "
+            "d.state != 'delivered') LIMIT ?)");
+        bind(s, 1, before_ms);
+        bind(s, 2, static_cast<std::int64_t>(limit));
+        step(s);
+        return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+    }
+
+    std::vector<StoredDelivery> list(std::optional<DeliveryState> state, const std::string& type,
+                                     std::size_t limit) override {
+        auto& s = stmt(
+            "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "
+            "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON "
+            "e.seq = d.event_seq WHERE (?1 IS NULL OR d.state = ?1) AND (?2 = '' OR e.type = ?2) "
+            "ORDER BY e.seq, d.handler LIMIT ?3");
+        if (state) {
+            bind(s, 1, std::string(to_string(*state)));
+        } else {
+            sqlite3_bind_null(s.get(), 1);
+        }
+        bind(s, 2, type);
+        bind(s, 3, static_cast<std::int64_t>(limit));
+        return read_deliveries(s);
+    }
+
+    std::vector<StoredDelivery> deliveries_of(const std::string& event_id) override {
+        auto& s = stmt(
+            "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "
+            "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON "
+            "e.seq = d.event_seq WHERE e.id = ? ORDER BY d.handler");
+        bind(s, 1, event_id);
+        return read_deliveries(s);
+    }
+
+    std::size_t retry_dead(const std::string& event_id, std::int64_t now_ms) override {
+        auto& s = stmt(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?1 "
+            "WHERE state = 'dead' AND (?2 = '' OR event_seq = (SELECT seq FROM events WHERE id = "
+            "?2))");
+        bind(s, 1, now_ms);
+        bind(s, 2, event_id);
+        step(s);
+        return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+    }
+
+    std::size_t purge(std::int64_t before_ms) override {
+        auto& s = stmt("DELETE FROM events WHERE received_ms < ?");
+        bind(s, 1, before_ms);
+        step(s);
+        return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+    }
+
+  private:
+    [[noreturn]] void fail(const std::string& what) const {
+        throw SpoolError("spool " + path_ + ": " + what + ": " +
+                         (db_ ? sqlite3_errmsg(db_.get()) : "out of memory"));
+    }
+
+    void exec(const std::string& sql) {
+        char* err = nullptr;
+        if (sqlite3_exec(db_.get(), sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+            const std::string msg = err ? err : "unknown error";
+            sqlite3_free(err);
+            throw SpoolError("spool " + path_ + ": " + msg);
+        }
+    }
+
+    // Statements are prepared once per connection and reset after each use.
+    Stmt& stmt(const char* sql) {
+        auto it = stmts_.find(sql);
+        if (it == stmts_.end()) {
+            sqlite3_stmt* raw = nullptr;
+            if (sqlite3_prepare_v3(db_.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) !=
+                SQLITE_OK) {
+                fail("prepare");
+            }
+            it = stmts_.emplace(sql, Stmt(raw)).first;
+        }
+        sqlite3_reset(it->second.get());
+        sqlite3_clear_bindings(it->second.get());
+        return it->second;
+    }
+
+    std::int64_t query_int(const char* sql) {
+        auto& s = stmt(sql);
+        const std::int64_t v = step(s) ? column_int(s, 0) : 0;
+        sqlite3_reset(s.get());
+        return v;
+    }
+
+    void bind(Stmt& s, int i, std::int64_t v) { sqlite3_bind_int64(s.get(), i, v); }
+    void bind(Stmt& s, int i, const std::string& v) {
+        sqlite3_bind_text(s.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    }
+    void bind_blob(Stmt& s, int i, const std::string& v) {
+        sqlite3_bind_blob(s.get(), i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    }
+
+    // true: a row is ready; false: done. Throws on error.
+    bool step(Stmt& s) {
+        const int rc = sqlite3_step(s.get());
+        if (rc == SQLITE_ROW) return true;
+        if (rc == SQLITE_DONE) return false;
+        fail("step");
+    }
+
+    static std::int64_t column_int(Stmt& s, int i) { return sqlite3_column_int64(s.get(), i); }
+    static std::string column_text(Stmt& s, int i) {
+        const auto* p = sqlite3_column_blob(s.get(), i);
+        return p ? std::string(static_cast<const char*>(p),
+                               static_cast<std::size_t>(sqlite3_column_bytes(s.get(), i)))
+                 : std::string();
+    }
+
+    std::optional<StoredEvent> read_event(Stmt& s) {
+        if (!step(s)) return std::nullopt;
+        StoredEvent e{column_int(s, 0),  column_text(s, 1), column_text(s, 2), column_int(s, 3),
+                      column_text(s, 4), column_text(s, 5), column_text(s, 6)};
+        sqlite3_reset(s.get());
+        return e;
+    }
+
+    std::vector<StoredDelivery> read_deliveries(Stmt& s) {
+        std::vector<StoredDelivery> out;
+        while (step(s)) {
+            out.push_back({column_text(s, 0), column_text(s, 1), column_text(s, 2),
+                           column_text(s, 3), column_text(s, 4), state_from(column_text(s, 5)),
+                           static_cast<int>(column_int(s, 6)), column_int(s, 7),
+                           column_text(s, 8)});
+        }
+        return out;
+    }
+
+    StoreOutcome store_one(const NewEvent& e, std::int64_t duplicates_since_ms) {
+        if (duplicates_since_ms > 0) {
+            auto& d =
+                stmt("SELECT id FROM events WHERE body_hash = ? AND received_ms >= ? LIMIT 1");
+            bind_blob(d, 1, e.body_hash);
+            bind(d, 2, duplicates_since_ms);
+            if (step(d)) {
+                StoreOutcome dup{true, column_text(d, 0), 0};
+                sqlite3_reset(d.get());
+                return dup;
+            }
+        }
+        auto& s = stmt(
+            "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)");
+        bind(s, 1, e.id);
+        bind(s, 2, e.received_at);
+        bind(s, 3, e.received_ms);
+        bind(s, 4, e.endpoint);
+        bind(s, 5, e.type);
+        bind_blob(s, 6, e.body);
+        bind_blob(s, 7, e.body_hash);
+        step(s);
+        const auto seq = sqlite3_last_insert_rowid(db_.get());
+        for (const auto& h : e.handlers) {
+            auto& ins = stmt(
+                "INSERT INTO deliveries (event_seq, handler, state, attempts, next_attempt_ms) "
+                "VALUES (?, ?, 'pending', 0, ?)");
+            bind(ins, 1, seq);
+            bind(ins, 2, h);
+            bind(ins, 3, e.received_ms);
+            step(ins);
+        }
+        return {false, e.id, seq};
+    }
+
+    void update_one(const DeliveryUpdate& u) {
+        auto& s = stmt(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_ms = ?, last_error = ? "
+            "WHERE event_seq = ? AND handler = ?");
+        bind(s, 1, std::string(to_string(u.state)));
+        bind(s, 2, static_cast<std::int64_t>(u.attempts));
+        bind(s, 3, u.next_attempt_ms);
+        if (u.error.empty()) {
+            sqlite3_bind_null(s.get(), 4);
+        } else {
+            bind(s, 4, u.error);
+        }
+        bind(s, 5, u.seq);
+        bind(s, 6, u.handler);
+        step(s);
+    }
+
+    std::string path_;
+    Db db_;
+    std::unordered_map<const char*, Stmt> stmts_;
+};
+
+}  // namespace
+
+std::unique_ptr<Spool> open_sqlite_spool(const std::filesystem::path& path,
+                                         const SpoolOptions& options) {
+    return std::make_unique<SqliteSpool>(path, options);
+}
+
+}  // namespace sigsci

@@ -1,0 +1,409 @@
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+
+#include "sigsci/clock.hpp"
+#include "sigsci/log.hpp"
+#include "sigsci/spool.hpp"
+#include "sigsci/spool_sink.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+NewEvent new_event(const std::string& id, const std::string& body, std::int64_t received_ms,
+                   std::vector<std::string> handlers) {
+    auto env = parse_envelope(body);
+    return NewEvent{id,
+                    format_rfc3339_ms(std::chrono::system_clock::time_point(
+                        std::chrono::milliseconds(received_ms))),
+                    received_ms,
+                    "/hook",
+                    env ? env.value().type : "?",
+                    body,
+                    body_hash("/hook", body),
+                    std::move(handlers)};
+}
+
+// ---- the SQLite spool itself ------------------------------------------------------------
+
+class SqliteSpoolTest : public ::testing::Test {
+  protected:
+    test::TempDir dir;
+    std::unique_ptr<Spool> spool = open_sqlite_spool(dir / "spool.db");
+    std::vector<StoreOutcome> store(std::vector<NewEvent> events, std::int64_t dup_since = 0) {
+        return spool->commit(events, {}, dup_since);
+    }
+};
+
+TEST_F(SqliteSpoolTest, StoresEventsWithAPendingDeliveryPerHandler) {
+    const auto body = test::sample("flag");
+    const auto out = store({new_event("e1", body, 1000, {"a", "b"})});
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_FALSE(out[0].duplicate);
+    const auto loaded = spool->load(out[0].seq);
+    ASSERT_TRUE(loaded);
+    EXPECT_EQ(loaded->id, "e1");
+    EXPECT_EQ(loaded->body, body);  // the raw bytes, byte for byte
+    EXPECT_EQ(loaded->type, "flag");
+    const auto due = spool->due(1000, 10);
+    ASSERT_EQ(due.size(), 2u);
+    EXPECT_EQ(due[0].event_id, "e1");
+    EXPECT_EQ(spool->stats().pending, 2u);
+    EXPECT_EQ(spool->stats().events, 1u);
+}
+
+TEST_F(SqliteSpoolTest, FindsDuplicatesOnlyWithinTheWindowAndPerEndpoint) {
+    const auto body = test::sample("flag");
+    store({new_event("e1", body, 1000, {"a"})});
+    const auto again = store({new_event("e2", body, 5000, {"a"})}, 500);
+    EXPECT_TRUE(again[0].duplicate);
+    EXPECT_EQ(again[0].id, "e1");
+    const auto outside = store({new_event("e3", body, 9000, {"a"})}, 2000);
+    EXPECT_FALSE(outside[0].duplicate);
+    auto other_endpoint = new_event("e4", body, 9000, {"a"});
+    other_endpoint.body_hash = body_hash("/other", body);
+    EXPECT_FALSE(store({other_endpoint}, 500)[0].duplicate);
+    // Two copies in one group commit: the second is the duplicate.
+    const auto body2 = test::numbered(body, 2);
+    const auto pair =
+        store({new_event("e5", body2, 9500, {"a"}), new_event("e6", body2, 9500, {"a"})}, 500);
+    EXPECT_FALSE(pair[0].duplicate);
+    EXPECT_TRUE(pair[1].duplicate);
+    EXPECT_EQ(pair[1].id, "e5");
+}
+
+TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
+    const auto seq = store({new_event("e1", test::sample("flag"), 1000, {"a", "b", "c"})})[0].seq;
+    const std::vector<DeliveryUpdate> ups = {
+        {seq, "a", DeliveryState::delivered, 1, 0, ""},
+        {seq, "b", DeliveryState::pending, 1, 50000, "boom"},
+        {seq, "c", DeliveryState::dead, 3, 0, "gave up"},
+    };
+    spool->commit({}, ups, 0);
+    const auto st = spool->stats();
+    EXPECT_EQ(st.delivered, 1u);
+    EXPECT_EQ(st.pending, 1u);
+    EXPECT_EQ(st.dead, 1u);
+    EXPECT_TRUE(spool->due(49999, 10).empty());  // b waits for its backoff
+    ASSERT_EQ(spool->due(50000, 10).size(), 1u);
+    const auto dead = spool->list(DeliveryState::dead, "", 10);
+    ASSERT_EQ(dead.size(), 1u);
+    EXPECT_EQ(dead[0].handler, "c");
+    EXPECT_EQ(dead[0].last_error, "gave up");
+    EXPECT_EQ(spool->retry_dead("e1", 60000), 1u);
+    EXPECT_EQ(spool->stats().dead, 0u);
+    EXPECT_EQ(spool->due(60000, 10).size(), 2u);
+}
+
+TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
+    const auto done = store({new_event("done", test::sample("flag"), 1000, {"a"})})[0].seq;
+    store({new_event("waiting", test::sample("listCreated"), 1000, {"a"})});
+    store({new_event("unrouted", test::sample("ruleCreated"), 1000, {})});
+    const auto recent =
+        store({new_event("recent", test::sample("ruleDeleted"), 9000, {"a"})})[0].seq;
+    const std::vector<DeliveryUpdate> ups = {{done, "a", DeliveryState::delivered, 1, 0, ""},
+                                             {recent, "a", DeliveryState::delivered, 1, 0, ""}};
+    spool->commit({}, ups, 0);
+    EXPECT_EQ(spool->prune(5000, 100), 2u);  // "done" and "unrouted"
+    EXPECT_FALSE(spool->find("done"));
+    EXPECT_FALSE(spool->find("unrouted"));
+    EXPECT_TRUE(spool->find("waiting"));
+    EXPECT_TRUE(spool->find("recent"));
+}
+
+TEST_F(SqliteSpoolTest, PurgeDeletesEverythingBeforeADate) {
+    store({new_event("old", test::sample("flag"), 1000, {"a"}),
+           new_event("new", test::sample("listCreated"), 9000, {"a"})});
+    EXPECT_EQ(spool->purge(5000), 1u);
+    EXPECT_FALSE(spool->find("old"));
+    EXPECT_TRUE(spool->find("new"));
+    EXPECT_EQ(spool->stats().pending, 1u);  // the old event's delivery went with it
+}
+
+TEST_F(SqliteSpoolTest, SurvivesReopening) {
+    store({new_event("e1", test::sample("flag"), 1000, {"a"})});
+    spool.reset();
+    spool = open_sqlite_spool(dir / "spool.db");
+    EXPECT_TRUE(spool->find("e1"));
+    EXPECT_EQ(spool->stats().pending, 1u);
+}
+
+TEST_F(SqliteSpoolTest, FullSpoolFailsTheWholeCommitAndKeepsWhatWasThere) {
+    auto small = open_sqlite_spool(dir / "small.db", {64 * 1024});
+    const std::string big = R"({"type":"flag","payload":")" + std::string(20000, 'x') + R"("})";
+    int stored = 0;
+    bool failed = false;
+    for (int i = 0; i < 100 && !failed; ++i) {
+        try {
+            const std::vector<NewEvent> one = {
+                new_event("e" + std::to_string(i), test::numbered(big, i), 1000, {"a"})};
+            small->commit(one, {}, 0);
+            ++stored;
+        } catch (const SpoolError& e) {
+            failed = true;
+            EXPECT_NE(std::string(e.what()).find("full"), std::string::npos) << e.what();
+        }
+    }
+    ASSERT_TRUE(failed) << "a 64 KiB spool took 100 events of 20 KB";
+    EXPECT_EQ(small->stats().events, static_cast<std::uint64_t>(stored));
+    for (int i = 0; i < stored; ++i) EXPECT_TRUE(small->find("e" + std::to_string(i)));
+}
+
+TEST_F(SqliteSpoolTest, CorruptFileIsReportedWithItsPath) {
+    test::write_file(dir / "bad.db", std::string(8192, 'z'));
+    try {
+        open_sqlite_spool(dir / "bad.db");
+        FAIL() << "opened a corrupt spool";
+    } catch (const SpoolError& e) {
+        EXPECT_NE(std::string(e.what()).find((dir / "bad.db").string()), std::string::npos)
+            << e.what();
+    }
+}
+
+// ---- the sink: deliveries driven from the spool -------------------------------------------
+
+// Fails its first `failures` deliveries, then succeeds; counts every call.
+class FlakyHandler final : public Handler {
+  public:
+    FlakyHandler(std::string name, int failures) : Handler(std::move(name)), failures_(failures) {}
+    void deliver(const EventPtr& e, DeliveryDone done) override {
+        std::lock_guard lock(mutex_);
+        ids.push_back(e->id);
+        if (static_cast<int>(ids.size()) <= failures_) {
+            done({false, "transient failure " + std::to_string(ids.size())});
+        } else {
+            done({});
+        }
+    }
+    std::vector<std::string> calls() {
+        std::lock_guard lock(mutex_);
+        return ids;
+    }
+    void set_failures(int n) {
+        std::lock_guard lock(mutex_);
+        failures_ = n;
+    }
+
+  private:
+    std::mutex mutex_;
+    int failures_;
+    std::vector<std::string> ids;
+};
+
+class SpoolSinkTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        logs = std::make_shared<test::MemorySink>();
+        log::configure(log::Format::json, log::Level::debug, logs);
+        config.path = dir / "spool.db";
+        config.retry.initial_delay = std::chrono::milliseconds(5);
+        config.retry.max_delay = std::chrono::milliseconds(20);
+        config.retry.max_attempts = 3;
+    }
+    void TearDown() override {
+        sink.reset();
+        log::configure(log::Format::json, log::Level::info);
+    }
+
+    void start() {
+        sink = std::make_unique<SpoolSink>(config, 2, 1000,
+                                           [this](const std::string& name) -> HandlerPtr {
+                                               std::lock_guard lock(handlers_mutex);
+                                               const auto it = handlers.find(name);
+                                               return it == handlers.end() ? nullptr : it->second;
+                                           });
+    }
+
+    void add(const HandlerPtr& h) {
+        std::lock_guard lock(handlers_mutex);
+        handlers[h->name()] = h;
+    }
+
+    SubmitResult submit(const std::string& body, std::vector<HandlerPtr> hs) {
+        auto env = parse_envelope(body);
+        EXPECT_TRUE(env);
+        auto event =
+            make_event("/hook", body, std::move(env).value(), std::chrono::system_clock::now());
+        std::mutex m;
+        std::condition_variable cv;
+        std::optional<SubmitResult> result;
+        sink->submit(event, std::move(hs), [&](SubmitResult r) {
+            std::lock_guard lock(m);
+            result = std::move(r);
+            cv.notify_all();
+        });
+        std::unique_lock lock(m);
+        cv.wait(lock, [&] { return result.has_value(); });
+        return *result;
+    }
+
+    std::vector<Json> delivery_lines(const std::string& handler) {
+        std::vector<Json> out;
+        for (const auto& l : logs->lines()) {
+            auto j = Json::parse(l);
+            if (j["msg"] == "delivery" && j["handler"] == handler) out.push_back(j);
+        }
+        return out;
+    }
+
+    test::TempDir dir;
+    SpoolConfig config;
+    std::shared_ptr<test::MemorySink> logs;
+    std::mutex handlers_mutex;
+    std::map<std::string, HandlerPtr> handlers;
+    std::unique_ptr<SpoolSink> sink;
+};
+
+TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {
+    auto flaky = std::make_shared<FlakyHandler>("flaky", 2);
+    add(flaky);
+    start();
+    const auto r = submit(test::sample("flag"), {flaky});
+    ASSERT_EQ(r.status, SubmitResult::Status::accepted);
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(flaky->calls(), (std::vector<std::string>{r.id, r.id, r.id}));  // same id each time
+    const auto lines = delivery_lines("flaky");
+    ASSERT_EQ(lines.size(), 3u);
+    EXPECT_EQ(lines[0]["attempt"], 1);
+    EXPECT_EQ(lines[0]["status"], "failed");
+    EXPECT_EQ(lines[0]["error"], "transient failure 1");
+    EXPECT_TRUE(lines[0].contains("retry_in_ms"));
+    EXPECT_EQ(lines[1]["attempt"], 2);
+    EXPECT_EQ(lines[2]["attempt"], 3);
+    EXPECT_EQ(lines[2]["status"], "delivered");
+    EXPECT_EQ(open_sqlite_spool(config.path)->stats().delivered, 1u);
+}
+
+TEST_F(SpoolSinkTest, AFailingHandlerDoesNotHoldBackAnother) {
+    auto broken = std::make_shared<FlakyHandler>("broken", 1000);
+    auto fine = std::make_shared<FlakyHandler>("fine", 0);
+    add(broken);
+    add(fine);
+    start();
+    for (int i = 0; i < 5; ++i) submit(test::numbered(test::sample("flag"), i), {broken, fine});
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(fine->calls().size(), 5u);
+    EXPECT_EQ(broken->calls().size(), 15u);  // 3 attempts each, then dead
+}
+
+TEST_F(SpoolSinkTest, DeadLetteredAfterMaxAttemptsThenReplayedByRetry) {
+    auto flaky = std::make_shared<FlakyHandler>("flaky", 1000);
+    add(flaky);
+    start();
+    const auto r = submit(test::sample("flag"), {flaky});
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(flaky->calls().size(), 3u);
+    auto lines = delivery_lines("flaky");
+    ASSERT_EQ(lines.size(), 3u);
+    EXPECT_EQ(lines[2]["status"], "dead");
+    EXPECT_EQ(lines[2]["level"], "error");
+    auto operator_view = open_sqlite_spool(config.path);
+    const auto dead = operator_view->list(DeliveryState::dead, "", 10);
+    ASSERT_EQ(dead.size(), 1u);
+    EXPECT_EQ(dead[0].event_id, r.id);
+    EXPECT_EQ(dead[0].last_error, "transient failure 3");
+
+    // The operator fixes the cause and replays, as `spool retry ID` does, while it runs.
+    flaky->set_failures(0);
+    ASSERT_EQ(operator_view->retry_dead(r.id, now_ms()), 1u);
+    ASSERT_TRUE(logs->wait_for([&](const std::string& l) {
+        auto j = Json::parse(l);
+        return j["msg"] == "delivery" && j["status"] == "delivered" && j["event_id"] == r.id;
+    }));
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(operator_view->stats().dead, 0u);
+    EXPECT_EQ(operator_view->stats().delivered, 1u);
+}
+
+TEST_F(SpoolSinkTest, DuplicateBodyIsAnsweredWithTheOriginalIdAndNotDeliveredAgain) {
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    const auto body = test::sample("flag");
+    const auto first = submit(body, {h});
+    const auto second = submit(body, {h});
+    EXPECT_EQ(second.status, SubmitResult::Status::duplicate);
+    EXPECT_EQ(second.id, first.id);
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(h->calls().size(), 1u);
+    EXPECT_EQ(submit(test::numbered(body, 1), {h}).status, SubmitResult::Status::accepted);
+}
+
+TEST_F(SpoolSinkTest, DuplicateWindowZeroTurnsDetectionOff) {
+    config.duplicate_window = std::chrono::seconds(0);
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    EXPECT_EQ(submit(test::sample("flag"), {h}).status, SubmitResult::Status::accepted);
+    EXPECT_EQ(submit(test::sample("flag"), {h}).status, SubmitResult::Status::accepted);
+}
+
+TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
+    // Left behind by a process that stopped before delivering (one never tried, one mid-backoff).
+    {
+        auto spool = open_sqlite_spool(config.path);
+        const std::vector<NewEvent> events = {
+            new_event("left-1", test::sample("flag"), now_ms(), {"h"}),
+            new_event("left-2", test::sample("expireFlag"), now_ms(), {"h"})};
+        const auto out = spool->commit(events, {}, 0);
+        const std::vector<DeliveryUpdate> ups = {
+            {out[1].seq, "h", DeliveryState::pending, 1, now_ms() + 10, "was failing"}};
+        spool->commit({}, ups, 0);
+    }
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    auto calls = h->calls();
+    std::sort(calls.begin(), calls.end());
+    EXPECT_EQ(calls, (std::vector<std::string>{"left-1", "left-2"}));
+    const auto lines = delivery_lines("h");
+    ASSERT_EQ(lines.size(), 2u);
+    for (auto line : lines) EXPECT_EQ(line["attempt"], line["event_id"] == "left-2" ? 2 : 1);
+}
+
+TEST_F(SpoolSinkTest, DeliveryForAHandlerNoLongerConfiguredIsDeadLettered) {
+    {
+        auto spool = open_sqlite_spool(config.path);
+        spool->commit(
+            std::vector<NewEvent>{new_event("orphan", test::sample("flag"), now_ms(), {"removed"})},
+            {}, 0);
+    }
+    start();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    const auto dead = open_sqlite_spool(config.path)->list(DeliveryState::dead, "", 10);
+    ASSERT_EQ(dead.size(), 1u);
+    EXPECT_EQ(dead[0].last_error, "handler \"removed\" is no longer configured");
+}
+
+TEST_F(SpoolSinkTest, FullSpoolRefusesNewEventsButKeepsRecordingOutcomes) {
+    config.max_bytes = 96 * 1024;
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    const std::string big = R"({"type":"flag","payload":")" + std::string(20000, 'x') + R"("})";
+    int accepted = 0;
+    SubmitResult last;
+    for (int i = 0; i < 50; ++i) {
+        last = submit(test::numbered(big, i), {h});
+        if (last.status != SubmitResult::Status::accepted) break;
+        ++accepted;
+    }
+    ASSERT_EQ(last.status, SubmitResult::Status::failed);
+    EXPECT_NE(last.error.find("full"), std::string::npos) << last.error;
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(h->calls().size(), static_cast<std::size_t>(accepted));
+    EXPECT_EQ(open_sqlite_spool(config.path)->stats().delivered,
+              static_cast<std::uint64_t>(accepted));
+}
+
+}  // namespace
+}  // namespace sigsci
