@@ -68,6 +68,14 @@ int check_config(const std::string& config_file) {
     }
     for (const auto& h : c.handlers)
         std::cout << "handler " << h.name << " (" << h.kind << "): " << h.summary << "\n";
+    if (c.spool.enabled) {
+        std::cout << "spool: " << c.spool.path.string() << " (retention "
+                  << c.spool.retention.count() << " s, duplicates within "
+                  << c.spool.duplicate_window.count() << " s, " << c.spool.retry.max_attempts
+                  << " attempts)\n";
+    } else {
+        std::cout << "spool: disabled (events are kept in memory only)\n";
+    }
     for (const auto& w : c.warnings) std::cout << "warning: " << w << "\n";
     return exit_ok;
 }

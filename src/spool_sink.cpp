@@ -198,7 +198,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 r.done({SubmitResult::Status::duplicate, stored[i].id, {}});
                 continue;
             }
-            r.done({SubmitResult::Status::accepted, r.event->id, {}});
+            // Start (or hand back) the deliveries before answering: the answer may be what a
+            // shutdown waits for, and a started delivery is one the drain then waits for.
             if (r.fast) {
                 bool stopping_now;
                 {
@@ -211,6 +212,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                     for (const auto& h : r.handlers) start_delivery(r.event, stored[i].seq, h, 1);
                 }
             }
+            r.done({SubmitResult::Status::accepted, r.event->id, {}});
         }
         std::lock_guard lock(mutex);
         ++commits;
@@ -374,7 +376,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 if (stopping || !claims.insert({row.event_id, row.handler}).second) continue;
             }
             --free;
-            const auto stored = reader_db->load(row.seq);
+            // The due() snapshot may predate an outcome committed since; the claim came after
+            // that commit released its own, so a fresh read tells whether the row is still due.
+            const auto stored =
+                reader_db->still_due(row, now_ms()) ? reader_db->load(row.seq) : std::nullopt;
             if (!stored) {
                 std::lock_guard lock(mutex);
                 claims.erase({row.event_id, row.handler});
@@ -405,6 +410,8 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
                      std::uint64_t max_pending_events, HandlerLookup lookup)
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
                                    std::move(lookup))) {
+    // A restart usually follows a fix: what waited for a backoff is tried again at once.
+    impl_->writer_db->resume_all(now_ms());
     const auto st = impl_->reader_db->stats();
     impl_->backlog.store(st.pending);
     impl_->dead.store(st.dead);

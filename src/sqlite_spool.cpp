@@ -107,6 +107,15 @@ class SqliteSpool final : public Spool {
         return out;
     }
 
+    std::size_t resume_all(std::int64_t now_ms) override {
+        auto& s = stmt(
+            "UPDATE deliveries SET next_attempt_ms = ?1 WHERE state = 'pending' AND "
+            "next_attempt_ms > ?1");
+        bind(s, 1, now_ms);
+        step(s);
+        return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+    }
+
     std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) override {
         auto& s = stmt(
             "SELECT d.event_seq, e.id, d.handler, d.attempts FROM deliveries d JOIN events e "
@@ -120,6 +129,19 @@ class SqliteSpool final : public Spool {
                            static_cast<int>(column_int(s, 3))});
         }
         return out;
+    }
+
+    bool still_due(const DueDelivery& d, std::int64_t now_ms) override {
+        auto& s = stmt(
+            "SELECT 1 FROM deliveries WHERE event_seq = ? AND handler = ? AND state = 'pending' "
+            "AND attempts = ? AND next_attempt_ms <= ?");
+        bind(s, 1, d.seq);
+        bind(s, 2, d.handler);
+        bind(s, 3, static_cast<std::int64_t>(d.attempts));
+        bind(s, 4, now_ms);
+        const bool due = step(s);
+        sqlite3_reset(s.get());
+        return due;
     }
 
     std::optional<StoredEvent> load(std::int64_t seq) override {

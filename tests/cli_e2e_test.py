@@ -219,6 +219,95 @@ class Running(unittest.TestCase):
         self.assertIn(b"bind", r.stdout)
 
 
+class SpoolCommands(unittest.TestCase):
+    """Dead letters from a handler that cannot write, seen and replayed through `spool ...`."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = lambda name: os.path.join(self.dir.name, name)
+        with open(self.path("k"), "w") as f:
+            f.write("spool-key\n")
+        self.write_config("/dev/full")  # every write fails, like a full disk
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon:
+            self.daemon.stop()
+        self.dir.cleanup()
+
+    def write_config(self, archive):
+        with open(self.path("config.json"), "w") as f:
+            json.dump({"listen": ["127.0.0.1:0"], "threads": 2,
+                       "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
+                                      "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
+                       "handlers": {"archive": {"kind": "file", "path": archive}},
+                       "spool": {"path": "spool.db",
+                                 "retry": {"initial_delay_ms": 5, "max_delay_ms": 20, "max_attempts": 2}}}, f)
+
+    def spool(self, *args):
+        r = run("spool", *args[:1], "--config", self.path("config.json"), *args[1:])
+        return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+    def test_list_show_retry_and_purge_dead_letters(self):
+        self.daemon = Daemon(self.path("config.json"))
+        port = int(self.daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+        ids = {}
+        for name in ("flag", "listCreated"):
+            with open(os.path.join(SAMPLES, name + ".json"), "rb") as f:
+                body = f.read()
+            status, answer = post(port, "/hook", body, sign("spool-key", body))
+            self.assertEqual(status, 200)
+            ids[name] = answer["id"]
+        waiting = set(ids.values())  # log lines are consumed as read: wait for the set, in any order
+        while waiting:
+            record = self.daemon.wait_for(lambda r: r["msg"] == "delivery" and r["status"] == "dead"
+                                          and r["event_id"] in waiting)
+            waiting.discard(record["event_id"])
+
+        code, out, _ = self.spool("stats")
+        self.assertEqual(code, 0)
+        self.assertIn("deliveries dead: 2", out)
+        code, out, _ = self.spool("list", "--dead")
+        rows = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(sorted(r["id"] for r in rows), sorted(ids.values()))
+        self.assertTrue(all(r["state"] == "dead" and r["attempts"] == 2 for r in rows))
+        self.assertIn("No space left on device", rows[0]["last_error"])
+        code, out, _ = self.spool("list", "--dead", "--type", "flag")
+        self.assertEqual([json.loads(line)["id"] for line in out.splitlines()], [ids["flag"]])
+        code, out, _ = self.spool("show", ids["flag"])
+        shown = json.loads(out)
+        self.assertEqual(shown["envelope"]["payload"]["source"], "198.51.100.23")
+        self.assertEqual(shown["deliveries"][0]["state"], "dead")
+
+        # Fix the handler, reload, replay one event, then all that are left.
+        self.write_config(self.path("events.jsonl"))
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for(lambda r: r["msg"] == "reloaded")
+        code, out, _ = self.spool("retry", ids["flag"])
+        self.assertEqual((code, out.strip()), (0, "1 dead deliveries made pending again"))
+        self.daemon.wait_for(lambda r: r["msg"] == "delivery" and r["status"] == "delivered"
+                             and r["event_id"] == ids["flag"])
+        code, out, _ = self.spool("retry", "--all-dead")
+        self.assertEqual((code, out.strip()), (0, "1 dead deliveries made pending again"))
+        self.daemon.wait_for(lambda r: r["msg"] == "delivery" and r["status"] == "delivered"
+                             and r["event_id"] == ids["listCreated"])
+        with open(self.path("events.jsonl")) as f:
+            self.assertEqual(sorted(json.loads(line)["id"] for line in f), sorted(ids.values()))
+
+        code, out, _ = self.spool("purge", "--before", "2999-01-01")
+        self.assertEqual((code, out.split()[0]), (0, "2"))
+        code, out, _ = self.spool("stats")
+        self.assertIn("events: 0", out)
+
+    def test_usage_and_lookup_errors(self):
+        self.assertEqual(self.spool("retry")[0], 2)                       # neither ID nor --all-dead
+        self.assertEqual(self.spool("purge", "--before", "yesterday")[0], 2)
+        self.assertEqual(run("spool", "stats").returncode, 2)             # no --config or --spool
+        code, _, err = self.spool("stats")
+        self.assertEqual(code, 1)                                         # no spool file yet
+        self.assertIn("does not exist", err)
+
+
 if __name__ == "__main__":
     BINARY = os.path.abspath(sys.argv.pop(1))
     unittest.main(verbosity=2)

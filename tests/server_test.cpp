@@ -6,6 +6,7 @@
 #include "sigsci/daemon.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/signature.hpp"
+#include "sigsci/spool.hpp"
 #include "test_support.hpp"
 
 namespace sigsci {
@@ -51,8 +52,9 @@ class ServerTest : public ::testing::Test {
     }
 
     void start(const std::string& limits = "", const std::string& listen = R"(["127.0.0.1:0"])",
-               const std::string& keys = R"([{"file": "key-one"}, {"file": "key-two"}])") {
-        test::write_file(dir / "config.json", config_text(limits, listen, keys));
+               const std::string& keys = R"([{"file": "key-one"}, {"file": "key-two"}])",
+               const std::string& spool = R"({"path": "spool.db"})") {
+        test::write_file(dir / "config.json", config_text(limits, listen, keys, spool));
         auto cfg = load_config(dir / "config.json");
         ASSERT_TRUE(cfg) << cfg.error();
         daemon = std::make_unique<Daemon>(std::move(cfg).value());
@@ -561,6 +563,92 @@ TEST_F(ServerTest, ConcurrentClientsAllGetTheirEventsArchived) {
     for (auto& t : threads) t.join();
     EXPECT_EQ(ok, clients * per_client);
     EXPECT_EQ(archived().size(), static_cast<std::size_t>(clients * per_client));
+}
+
+TEST_F(ServerTest, RepeatedBodyIsAnsweredDuplicateWithTheOriginalIdAndArchivedOnce) {
+    start();
+    const auto body = test::sample("flag");
+    const auto first = exchange(test::post("/sigsci/test", body, sign(body)));
+    ASSERT_EQ(first.status, 200);
+    const auto second = exchange(test::post("/sigsci/test", body, sign(body)));
+    ASSERT_EQ(second.status, 200);
+    auto a = Json::parse(first.body);
+    auto b = Json::parse(second.body);
+    EXPECT_EQ(b["status"], "duplicate");
+    EXPECT_EQ(b["id"], a["id"]);
+    EXPECT_EQ(archived().size(), 1u);
+    EXPECT_TRUE(logged([&](Json& j) {
+        return j["msg"] == "request" && j["duplicate"] == true && j["event_id"] == a["id"];
+    }));
+}
+
+TEST_F(ServerTest, FullSpoolAnswers503AndKeepsWhatItAccepted) {
+    start("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])",
+          R"({"path": "spool.db", "max_bytes": 131072})");
+    const std::string big =
+        R"({"type":"listUpdated","payload":{"entries":")" + std::string(30000, 'x') + R"("}})";
+    std::vector<std::string> accepted;
+    test::HttpResponse refused;
+    for (int i = 0; i < 40; ++i) {
+        const auto body = test::numbered(big, i);
+        const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
+        if (r.status != 200) {
+            refused = r;
+            break;
+        }
+        accepted.push_back(Json::parse(r.body)["id"]);
+    }
+    ASSERT_EQ(refused.status, 503);
+    EXPECT_EQ(refused.body, R"({"error":"cannot store event"})");
+    EXPECT_FALSE(accepted.empty());
+    EXPECT_TRUE(
+        logged([](Json& j) { return j["msg"] == "spool write failed" && j["level"] == "error"; }));
+    // Small events and health checks are still served while it is full.
+    EXPECT_EQ(exchange("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    const auto records = archived();
+    ASSERT_EQ(records.size(), accepted.size());
+    for (std::size_t i = 0; i < accepted.size(); ++i) EXPECT_EQ(records[i]["id"], accepted[i]);
+}
+
+TEST_F(ServerTest, EventsAcceptedBeforeARestartAreDeliveredAfterIt) {
+    // First the archive cannot be written (/dev/full fails every write, like a full disk).
+    auto config_with = [&](const std::string& archive) {
+        return R"({"listen": ["127.0.0.1:0"], "threads": 2,
+          "endpoints": [{"path": "/sigsci/test", "signing_keys": [{"file": "key-one"}],
+                         "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
+          "handlers": {"archive": {"kind": "file", "path": ")" +
+               archive + R"("}},
+          "spool": {"path": "spool.db", "retry": {"initial_delay_ms": 60000, "max_attempts": 5}}})";
+    };
+    test::write_file(dir / "config.json", config_with("/dev/full"));
+    auto cfg = load_config(dir / "config.json");
+    ASSERT_TRUE(cfg) << cfg.error();
+    daemon = std::make_unique<Daemon>(std::move(cfg).value());
+    daemon->start();
+    port = daemon->ports().at(0);
+    const auto body = test::sample("flag");
+    const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
+    ASSERT_EQ(r.status, 200);
+    const auto id = Json::parse(r.body)["id"];
+    ASSERT_TRUE(logged([&](Json& j) {
+        return j["msg"] == "delivery" && j["status"] == "failed" && j["event_id"] == id;
+    }));
+    daemon->shutdown();  // the retry is a minute away: the delivery is still pending
+    daemon.reset();
+
+    test::write_file(dir / "config.json", config_with((dir / "events.jsonl").string()));
+    cfg = load_config(dir / "config.json");
+    ASSERT_TRUE(cfg) << cfg.error();
+    daemon = std::make_unique<Daemon>(std::move(cfg).value());
+    daemon->start();
+    // Resumed at start, at once, although its backoff had a minute to run.
+    const auto records = archived();
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0]["id"], id);
+    EXPECT_TRUE(logged([&](Json& j) {
+        return j["msg"] == "delivery" && j["status"] == "delivered" && j["event_id"] == id &&
+               j["attempt"] == 2;
+    }));
 }
 
 }  // namespace

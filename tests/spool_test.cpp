@@ -103,6 +103,22 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
     EXPECT_EQ(spool->due(60000, 10).size(), 2u);
 }
 
+// The poller's due() list can be stale by the time it claims a row; still_due() is the re-check
+// that keeps a delivery that just finished from running again.
+TEST_F(SqliteSpoolTest, StillDueTurnsFalseOnceAnOutcomeIsCommitted) {
+    const auto seq = store({new_event("e1", test::sample("flag"), 1000, {"a", "b"})})[0].seq;
+    const auto listed = spool->due(2000, 10);
+    ASSERT_EQ(listed.size(), 2u);
+    const std::vector<DeliveryUpdate> ups = {{seq, "a", DeliveryState::delivered, 1, 0, ""},
+                                             {seq, "b", DeliveryState::pending, 1, 1500, "retry"}};
+    spool->commit({}, ups, 0);
+    for (const auto& d : listed) EXPECT_FALSE(spool->still_due(d, 2000)) << d.handler;
+    // b's retry is due again, now at attempt 1.
+    const auto again = spool->due(2000, 10);
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_TRUE(spool->still_due(again[0], 2000));
+}
+
 TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
     const auto done = store({new_event("done", test::sample("flag"), 1000, {"a"})})[0].seq;
     store({new_event("waiting", test::sample("listCreated"), 1000, {"a"})});
@@ -354,8 +370,9 @@ TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
             new_event("left-1", test::sample("flag"), now_ms(), {"h"}),
             new_event("left-2", test::sample("expireFlag"), now_ms(), {"h"})};
         const auto out = spool->commit(events, {}, 0);
+        // Its backoff runs for an hour; a restart tries it at once all the same.
         const std::vector<DeliveryUpdate> ups = {
-            {out[1].seq, "h", DeliveryState::pending, 1, now_ms() + 10, "was failing"}};
+            {out[1].seq, "h", DeliveryState::pending, 1, now_ms() + 3600000, "was failing"}};
         spool->commit({}, ups, 0);
     }
     auto h = std::make_shared<FlakyHandler>("h", 0);

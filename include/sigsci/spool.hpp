@@ -99,8 +99,13 @@ class Spool {
                                              std::span<const DeliveryUpdate> updates,
                                              std::int64_t duplicates_since_ms) = 0;
 
+    // At start: every pending delivery becomes due now (attempt counts are kept). Returns how many.
+    virtual std::size_t resume_all(std::int64_t now_ms) = 0;
+
     // Pending deliveries whose next attempt is due, oldest first.
     virtual std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) = 0;
+    // Whether the delivery is still pending, due, and at `attempts` (read in a fresh snapshot).
+    virtual bool still_due(const DueDelivery& delivery, std::int64_t now_ms) = 0;
     virtual std::optional<StoredEvent> load(std::int64_t seq) = 0;
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
     virtual SpoolStats stats() = 0;
