@@ -6,21 +6,27 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 #include <stdexcept>
+#include <string>
 
 namespace sigsci {
 
-std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp) {
-    using namespace std::chrono;
-    const auto ms_total = duration_cast<milliseconds>(tp.time_since_epoch()).count();
-    const std::time_t secs = static_cast<std::time_t>(ms_total / 1000);
-    const int ms = static_cast<int>(ms_total % 1000);
+std::string format_rfc3339_ms(std::int64_t unix_ms) {
+    const std::int64_t ms = ((unix_ms % 1000) + 1000) % 1000;
+    const auto secs = static_cast<std::time_t>((unix_ms - ms) / 1000);
     std::tm tm{};
     gmtime_r(&secs, &tm);
     char buf[64];
     std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(ms));
     return buf;
+}
+
+std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp) {
+    return format_rfc3339_ms(static_cast<std::int64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(tp.time_since_epoch()).count()));
 }
 
 std::string new_event_id(std::chrono::system_clock::time_point now) {
@@ -40,6 +46,47 @@ std::string new_event_id(std::chrono::system_clock::time_point now) {
                   b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
                   b[14], b[15]);
     return out;
+}
+
+std::optional<std::int64_t> parse_date_ms(const std::string& text) {
+    int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
+    int consumed = 0;
+    if (std::sscanf(text.c_str(), "%4d-%2d-%2d%n", &y, &mo, &d, &consumed) != 3 || consumed != 10) {
+        return std::nullopt;
+    }
+    std::int64_t offset_s = 0;
+    if (text.size() > 10) {
+        int used = 0;
+        if ((text[10] != 'T' && text[10] != 't' && text[10] != ' ') ||
+            std::sscanf(text.c_str() + 11, "%2d:%2d:%2d%n", &h, &mi, &s, &used) != 3 || used != 8) {
+            return std::nullopt;
+        }
+        std::size_t pos = 19;
+        if (pos < text.size() && text[pos] == '.') {
+            ++pos;
+            while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') ++pos;
+        }
+        const std::string zone = text.substr(pos);
+        int oh = 0, om = 0;
+        if (zone == "Z" || zone == "z") {
+            offset_s = 0;
+        } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') &&
+                   std::sscanf(zone.c_str() + 1, "%2d:%2d", &oh, &om) == 2) {
+            offset_s = (zone[0] == '+' ? 1 : -1) * (oh * 3600 + om * 60);
+        } else {
+            return std::nullopt;
+        }
+    }
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
+        return std::nullopt;
+    std::tm tm{};
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = s;
+    return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1000;
 }
 
 }  // namespace sigsci

@@ -23,7 +23,7 @@ std::int64_t now_ms() {
 }
 
 std::string format_ms(std::int64_t ms) {
-    return format_rfc3339_ms(std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+    return format_rfc3339_ms(ms);
 }
 
 Json delivery_json(const StoredDelivery& d) {
@@ -34,46 +34,6 @@ Json delivery_json(const StoredDelivery& d) {
 }
 
 }  // namespace
-
-std::optional<std::int64_t> parse_date_ms(const std::string& text) {
-    int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
-    int consumed = 0;
-    if (std::sscanf(text.c_str(), "%4d-%2d-%2d%n", &y, &mo, &d, &consumed) != 3 || consumed != 10) {
-        return std::nullopt;
-    }
-    std::int64_t offset_s = 0;
-    if (text.size() > 10) {
-        int used = 0;
-        if ((text[10] != 'T' && text[10] != 't' && text[10] != ' ') ||
-            std::sscanf(text.c_str() + 11, "%2d:%2d:%2d%n", &h, &mi, &s, &used) != 3 || used != 8) {
-            return std::nullopt;
-        }
-        std::size_t pos = 19;
-        if (pos < text.size() && text[pos] == '.') {
-            ++pos;
-            while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') ++pos;
-        }
-        const std::string zone = text.substr(pos);
-        int oh = 0, om = 0;
-        if (zone == "Z" || zone == "z") {
-            offset_s = 0;
-        } else if (zone.size() == 6 && (zone[0] == '+' || zone[0] == '-') &&
-                   std::sscanf(zone.c_str() + 1, "%2d:%2d", &oh, &om) == 2) {
-            offset_s = (zone[0] == '+' ? 1 : -1) * (oh * 3600 + om * 60);
-        } else {
-            return std::nullopt;
-        }
-    }
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60) return std::nullopt;
-    std::tm tm{};
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = s;
-    return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1000;
-}
 
 CLI::App* add_spool_commands(CLI::App& app, SpoolCommand& cmd) {
     auto* spool =

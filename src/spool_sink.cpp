@@ -320,10 +320,12 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 };
                 const auto poll_at = Clock::now() + poll_interval;
                 while (!wake() && Clock::now() < poll_at) {
-                    const auto retry_at =
-                        Clock::time_point(std::chrono::milliseconds(next_retry_ms));
-                    poller_cv.wait_until(
-                        lock, next_retry_ms == INT64_MAX ? poll_at : std::min(poll_at, retry_at));
+                    auto until = poll_at;
+                    if (next_retry_ms != INT64_MAX) {  // the sentinel does not fit a time_point
+                        until = std::min(
+                            until, Clock::time_point(std::chrono::milliseconds(next_retry_ms)));
+                    }
+                    poller_cv.wait_until(lock, until);
                 }
                 if (stopping) break;
                 starved = false;

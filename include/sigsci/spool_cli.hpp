@@ -30,7 +30,4 @@ CLI::App* add_spool_commands(CLI::App& app, SpoolCommand& cmd);
 // Runs a parsed command; returns the exit code (0 ok, 1 failure, 2 usage).
 int run_spool_command(const SpoolCommand& cmd);
 
-// "2026-01-31" (UTC midnight) or RFC 3339 "2026-01-31T12:00:00Z" / with an offset.
-std::optional<std::int64_t> parse_date_ms(const std::string& text);
-
 }  // namespace sigsci

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Accepted events per second with the spool on and off, at 1, 8 and 64 connections, in one run
+# on loopback: the daemon (one I/O thread) is pinned to CPU 0, wrk to CPU 1. Each request is a
+# distinct signed body (every activity type) so that every 200 is a new stored event; every
+# 200 is checked to have reached the file handler. Usage: bench/spool.sh [SECONDS]
+set -eu
+cd "$(dirname "$0")/.."
+duration=${1:-10}
+bin=build/dev/sigsci-webhookd
+[ -x "$bin" ] || { echo "build first: cmake --preset dev && cmake --build --preset dev" >&2; exit 2; }
+command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
+
+work=$(mktemp -d)
+trap 'kill $(cat "$work"/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+printf 'bench-key\n' > "$work/key"
+python3 bench/make_bodies.py bench-key 20000 "$work/bodies.txt"
+
+run() {  # SPOOL_ENABLED CONNECTIONS
+    rm -f "$work"/events.jsonl "$work"/spool.db*
+    cat > "$work/config.json" <<JSON
+{"listen": ["127.0.0.1:18081"], "threads": 1, "log": {"level": "warn"},
+ "limits": {"max_pending_events": 1000000},
+ "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
+                "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
+ "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
+ "spool": {"enabled": $1, "path": "spool.db", "duplicate_window_s": 0}}
+JSON
+    taskset -c 0 "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
+    echo $! > "$work/pid"
+    i=0; until curl -s -o /dev/null http://127.0.0.1:18081/healthz; do i=$((i+1)); [ $i -lt 200 ] || exit 1; sleep 0.05; done
+    line=$(taskset -c 1 wrk -t1 -c"$2" -d"${duration}s" -s bench/post_many.lua http://127.0.0.1:18081/hook -- "$work/bodies.txt" | grep '^RESULT')
+    rss=$(awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$(cat "$work/pid")/status")
+    kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
+    requests=$(echo "$line" | sed 's/.*requests=\([0-9]*\).*/\1/')
+    non2xx=$(echo "$line" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
+    archived=$(wc -l < "$work/events.jsonl")
+    ok=yes; [ "$archived" -ge $((requests - non2xx)) ] || ok=NO
+    echo "spool=$1 c=$2 $line peak_rss_mib=$rss archived=$archived all_200s_archived=$ok"
+}
+
+echo "machine: $(nproc) cores, $(uname -r); ${duration}s per run; $(date -u +%Y-%m-%dT%H:%MZ)"
+for c in 1 8 64; do
+    run false "$c"
+    run true "$c"
+done
