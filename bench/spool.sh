@@ -28,18 +28,21 @@ JSON
     taskset -c 0 "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
     echo $! > "$work/pid"
     i=0; until curl -s -o /dev/null http://127.0.0.1:18081/healthz; do i=$((i+1)); [ $i -lt 200 ] || exit 1; sleep 0.05; done
+    cpu0=$(awk '{print $14+$15}' "/proc/$(cat "$work/pid")/stat")
     line=$(taskset -c 1 wrk -t1 -c"$2" -d"${duration}s" -s bench/post_many.lua http://127.0.0.1:18081/hook -- "$work/bodies.txt" | grep '^RESULT')
     rss=$(awk '/VmHWM/{printf "%.1f", $2/1024}' "/proc/$(cat "$work/pid")/status")
+    cpu1=$(awk '{print $14+$15}' "/proc/$(cat "$work/pid")/stat")
     kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
     requests=$(echo "$line" | sed 's/.*requests=\([0-9]*\).*/\1/')
     non2xx=$(echo "$line" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
     archived=$(wc -l < "$work/events.jsonl")
     ok=yes; [ "$archived" -ge $((requests - non2xx)) ] || ok=NO
-    echo "spool=$1 c=$2 $line peak_rss_mib=$rss archived=$archived all_200s_archived=$ok"
+    cpu=$(echo "$cpu0 $cpu1 $requests" | awk '{printf "%.3f", ($2-$1)/100*1000/$3}')
+    echo "spool=$1 c=$2 $line cpu_s_per_1k=$cpu peak_rss_mib=$rss archived=$archived all_200s_archived=$ok"
 }
 
 echo "machine: $(nproc) cores, $(uname -r); ${duration}s per run; $(date -u +%Y-%m-%dT%H:%MZ)"
-for c in 1 8 64; do
+for c in ${CONNECTIONS:-1 8 64}; do
     run false "$c"
     run true "$c"
 done

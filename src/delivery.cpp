@@ -50,6 +50,8 @@ void DeliveryPool::stop() {
 void log_delivery(const Event& event, const std::string& handler, int attempt,
                   const DeliveryOutcome& outcome, std::string_view status, double duration_ms,
                   const log::Fields& extra) {
+    const auto level = outcome.ok ? log::Level::info : log::Level::error;
+    if (!log::enabled(level)) return;  // before building the fields: this is on the hot path
     log::Fields fields{
         {"event_id", event.id},
         {"endpoint", event.endpoint},
@@ -60,7 +62,7 @@ void log_delivery(const Event& event, const std::string& handler, int attempt,
         {"duration_ms", static_cast<double>(static_cast<long>(duration_ms * 1000)) / 1000}};
     if (!outcome.ok) fields["error"] = outcome.error;
     for (const auto& [key, value] : extra.items()) fields[key] = value;
-    log::write(outcome.ok ? log::Level::info : log::Level::error, "delivery", fields);
+    log::write(level, "delivery", fields);
 }
 
 }  // namespace sigsci

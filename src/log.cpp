@@ -49,6 +49,9 @@ bool is_bare_word(std::string_view s) {
 
 struct State {
     std::atomic<Format> format{Format::json};
+    // The lowest level written, readable without the mutex: callers check it before they build
+    // a record's fields.
+    std::atomic<int> min_level{static_cast<int>(Level::info)};
     std::mutex mutex;  // guards replacing `logger`
     std::shared_ptr<spdlog::logger> logger;
 };
@@ -158,6 +161,7 @@ void configure(Format format, Level level, std::shared_ptr<spdlog::sinks::sink> 
     logger->set_level(to_spdlog(level));
     logger->flush_on(spdlog::level::trace);
     s.format.store(format);
+    s.min_level.store(static_cast<int>(level));
     std::lock_guard lock(s.mutex);
     s.logger = std::move(logger);
 }
@@ -175,9 +179,9 @@ bool enabled(Level level) {
 }
 
 void write(Level level, std::string_view msg, const Fields& fields) {
+    if (!enabled(level)) return;
     auto logger = current_logger();
     const auto spd_level = to_spdlog(level);
-    if (!logger->should_log(spd_level)) return;
     const std::string line =
         format_line(state().format.load(), format_rfc3339_ms(std::chrono::system_clock::now()),
                     level, msg, fields);

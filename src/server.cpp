@@ -339,17 +339,20 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         const double ms =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
                 .count();
-        log::Fields fields{{"remote", remote}};
-        if (!method.empty()) fields["method"] = method;
-        if (!path.empty()) fields["path"] = path;
-        fields["status"] = res.status;
-        fields["duration_ms"] = static_cast<double>(static_cast<long>(ms * 1000)) / 1000;
-        if (!res.endpoint.empty()) fields["endpoint"] = res.endpoint;
-        if (!res.event_id.empty()) fields["event_id"] = res.event_id;
-        if (!res.type.empty()) fields["type"] = res.type;
-        if (res.duplicate) fields["duplicate"] = true;
-        if (!res.error.empty()) fields["error"] = res.error;
-        log::write(res.status < 400 ? log::Level::info : log::Level::warn, "request", fields);
+        const auto level = res.status < 400 ? log::Level::info : log::Level::warn;
+        if (log::enabled(level)) {
+            log::Fields fields{{"remote", remote}};
+            if (!method.empty()) fields["method"] = method;
+            if (!path.empty()) fields["path"] = path;
+            fields["status"] = res.status;
+            fields["duration_ms"] = static_cast<double>(static_cast<long>(ms * 1000)) / 1000;
+            if (!res.endpoint.empty()) fields["endpoint"] = res.endpoint;
+            if (!res.event_id.empty()) fields["event_id"] = res.event_id;
+            if (!res.type.empty()) fields["type"] = res.type;
+            if (res.duplicate) fields["duplicate"] = true;
+            if (!res.error.empty()) fields["error"] = res.error;
+            log::write(level, "request", fields);
+        }
 
         if (!written) break;
         if (!keep_alive) {

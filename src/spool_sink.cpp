@@ -8,9 +8,11 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "sigsci/log.hpp"
 
@@ -33,6 +35,8 @@ constexpr auto prune_interval = std::chrono::seconds(60);
 constexpr auto stats_log_interval = std::chrono::seconds(60);
 constexpr auto failed_commit_backoff = std::chrono::milliseconds(1000);
 constexpr std::size_t prune_batch = 1000;
+// Duplicate detection remembers at most this many bodies (about 100 bytes each).
+constexpr std::size_t max_recent_bodies = 100000;
 
 }  // namespace
 
@@ -62,6 +66,51 @@ EventPtr restore_event(const StoredEvent& stored) {
     return event;
 }
 
+// Hashes of recently stored bodies, for answering a resent body with its original id. Kept in
+// memory by the writer thread: as an SQLite index on random hashes it cost more than the rest of
+// the insert, since every insert dirtied another page. Capped; the oldest go first.
+class RecentBodies {
+  public:
+    explicit RecentBodies(std::size_t cap) : cap_(cap) {}
+
+    std::optional<std::string> find(const std::string& hash, std::int64_t since_ms) const {
+        const auto it = map_.find(hash);
+        if (it == map_.end() || it->second.received_ms < since_ms) return std::nullopt;
+        return it->second.id;
+    }
+
+    void add(const std::string& hash, const std::string& id, std::int64_t received_ms) {
+        map_[hash] = {id, received_ms};
+        order_.emplace_back(received_ms, hash);
+        while (order_.size() > cap_) evict_front();
+    }
+
+    // Drops what is older than the window, so memory follows the window, not the cap.
+    void expire(std::int64_t since_ms) {
+        while (!order_.empty() && order_.front().first < since_ms) evict_front();
+    }
+
+    std::size_t size() const { return map_.size(); }
+
+  private:
+    struct Entry {
+        std::string id;
+        std::int64_t received_ms;
+    };
+
+    void evict_front() {
+        const auto& [received, hash] = order_.front();
+        const auto it = map_.find(hash);
+        // A hash seen again later has a newer entry; only its own, oldest record goes.
+        if (it != map_.end() && it->second.received_ms == received) map_.erase(it);
+        order_.pop_front();
+    }
+
+    std::size_t cap_;
+    std::unordered_map<std::string, Entry> map_;
+    std::deque<std::pair<std::int64_t, std::string>> order_;
+};
+
 struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     struct StoreRequest {
         NewEvent row;
@@ -73,6 +122,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     struct OutcomeRequest {
         DeliveryUpdate update;
         std::string event_id;
+        // Writes the `delivery` line once the outcome is committed, so the log never reports a
+        // state the spool does not hold yet.
+        std::function<void()> log;
     };
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
@@ -100,10 +152,13 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::deque<OutcomeRequest> outcomes;  // waiting for the next commit
     std::set<Claim> claims;               // deliveries running in this process
     bool stopping = false;
-    bool starved = false;  // the last poll filled every free slot: wake it when one frees
+    bool writer_waiting = false;  // wake it only then: a busy writer takes the queue anyway
+    bool starved = false;         // the last poll filled every free slot: wake it when one frees
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
     std::uint64_t commits = 0;
     std::mt19937_64 rng;  // guarded by mutex
+
+    RecentBodies recent{max_recent_bodies};  // writer thread only
 
     std::atomic<std::uint64_t> backlog{0};
     std::atomic<std::uint64_t> dead{0};
@@ -120,9 +175,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             std::vector<OutcomeRequest> updates;
             {
                 std::unique_lock lock(mutex);
+                writer_waiting = true;
                 writer_cv.wait_until(lock, next_prune, [&] {
                     return !stores.empty() || !outcomes.empty() || (stopping && claims.empty());
                 });
+                writer_waiting = false;
                 if (stores.empty() && outcomes.empty() && stopping && claims.empty()) break;
                 batch.swap(stores);
                 updates.assign(outcomes.begin(), outcomes.end());
@@ -138,23 +195,51 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         idle_cv.notify_all();
     }
 
+    // What the writer decided for one request of a batch.
+    struct Decision {
+        std::string duplicate_of;   // non-empty: answer duplicate with this id
+        bool within_batch = false;  // ...of an event in this same batch, so it needs its commit
+        std::int64_t seq = 0;       // when stored
+    };
+
     void commit_batch(std::vector<StoreRequest>& batch, std::vector<OutcomeRequest>& updates) {
+        const bool dedupe = config.duplicate_window.count() > 0;
+        const auto since =
+            now_ms() -
+            std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count();
+        std::vector<Decision> decisions(batch.size());
         std::vector<NewEvent> rows;
+        std::vector<std::size_t> stored_index;                  // batch index of each row
+        std::unordered_map<std::string, std::string> in_batch;  // body hash -> id
         rows.reserve(batch.size());
-        for (auto& r : batch) rows.push_back(std::move(r.row));
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            auto& row = batch[i].row;
+            if (dedupe) {
+                if (auto original = recent.find(row.body_hash, since)) {
+                    decisions[i].duplicate_of = *original;
+                    continue;
+                }
+                if (const auto it = in_batch.find(row.body_hash); it != in_batch.end()) {
+                    decisions[i] = {it->second, true, 0};
+                    continue;
+                }
+                in_batch.emplace(row.body_hash, row.id);
+            }
+            stored_index.push_back(i);
+            rows.push_back(std::move(row));
+        }
         std::vector<DeliveryUpdate> ups;
         ups.reserve(updates.size());
         for (const auto& u : updates) ups.push_back(u.update);
-        const auto dup_since =
-            config.duplicate_window.count() > 0
-                ? now_ms() -
-                      std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window)
-                          .count()
-                : 0;
-        std::vector<StoreOutcome> stored;
+
         std::string error;
         try {
-            stored = writer_db->commit(rows, ups, dup_since);
+            const auto stored = writer_db->commit(rows, ups);
+            for (std::size_t k = 0; k < stored.size(); ++k) {
+                decisions[stored_index[k]].seq = stored[k].seq;
+                if (dedupe) recent.add(rows[k].body_hash, rows[k].id, rows[k].received_ms);
+            }
+            ups.clear();
         } catch (const SpoolError& e) {
             error = e.what();
         }
@@ -162,18 +247,16 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             // The new events may be what failed (a full disk); outcomes must still be recorded,
             // or the deliveries behind them would be run again.
             try {
-                writer_db->commit({}, ups, 0);
+                writer_db->commit({}, ups);
                 ups.clear();
             } catch (const SpoolError&) {
             }
-        } else if (error.empty()) {
-            ups.clear();
         }
         if (!error.empty()) {
             log::error("spool write failed",
                        {{"error", error}, {"events", rows.size()}, {"updates", ups.size()}});
         }
-        finish_stores(batch, stored, error);
+        finish_stores(batch, decisions, error);
         finish_outcomes(updates, ups.empty());
         if (!error.empty()) {
             // Back off before the next try, so a full disk does not become a busy loop.
@@ -183,19 +266,20 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
     }
 
-    void finish_stores(std::vector<StoreRequest>& batch, const std::vector<StoreOutcome>& stored,
+    void finish_stores(std::vector<StoreRequest>& batch, const std::vector<Decision>& decisions,
                        const std::string& error) {
         for (std::size_t i = 0; i < batch.size(); ++i) {
             auto& r = batch[i];
-            const bool ok = error.empty();
-            const bool duplicate = ok && stored[i].duplicate;
-            if (r.fast && (!ok || duplicate)) release_claims(r);
-            if (!ok) {
+            const auto& d = decisions[i];
+            const bool duplicate = !d.duplicate_of.empty() && (error.empty() || !d.within_batch);
+            const bool failed = !duplicate && !error.empty();
+            if (r.fast && (failed || duplicate)) release_claims(r);
+            if (failed) {
                 r.done({SubmitResult::Status::failed, r.event->id, error});
                 continue;
             }
             if (duplicate) {
-                r.done({SubmitResult::Status::duplicate, stored[i].id, {}});
+                r.done({SubmitResult::Status::duplicate, d.duplicate_of, {}});
                 continue;
             }
             // Start (or hand back) the deliveries before answering: the answer may be what a
@@ -209,7 +293,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 if (stopping_now) {
                     release_claims(r);  // stored and pending: delivered after the next start
                 } else {
-                    for (const auto& h : r.handlers) start_delivery(r.event, stored[i].seq, h, 1);
+                    for (const auto& h : r.handlers) start_delivery(r.event, d.seq, h, 1);
                 }
             }
             r.done({SubmitResult::Status::accepted, r.event->id, {}});
@@ -220,6 +304,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void finish_outcomes(const std::vector<OutcomeRequest>& updates, bool committed) {
+        if (committed) {
+            for (const auto& u : updates) {
+                if (u.log) u.log();
+            }
+        }
         std::lock_guard lock(mutex);
         if (!committed && !stopping) {
             // Keep the claims and try the same updates again with the next commit.
@@ -232,13 +321,18 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 "again",
                 {{"updates", updates.size()}});
         }
+        bool earlier_retry = false;
         for (const auto& u : updates) {
             claims.erase({u.event_id, u.update.handler});
-            if (u.update.state == DeliveryState::pending) {
-                next_retry_ms = std::min(next_retry_ms, u.update.next_attempt_ms);
+            if (u.update.state == DeliveryState::pending &&
+                u.update.next_attempt_ms < next_retry_ms) {
+                next_retry_ms = u.update.next_attempt_ms;
+                earlier_retry = true;
             }
         }
-        poller_cv.notify_all();
+        // Waking the poller costs a query; only a freed slot it waits for or a sooner retry is
+        // worth it.
+        if (starved || earlier_retry) poller_cv.notify_all();
         idle_cv.notify_all();
         writer_cv.notify_all();
     }
@@ -250,6 +344,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void prune() {
+        recent.expire(
+            now_ms() -
+            std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count());
         const auto before =
             now_ms() -
             std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
@@ -274,19 +371,19 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         const std::string name = handler->name();
         pool.run(event, handler,
                  [self, event, seq, name, attempt](DeliveryOutcome outcome, double ms) {
-                     self->record_outcome(*event, seq, name, attempt, std::move(outcome), ms);
+                     self->record_outcome(event, seq, name, attempt, std::move(outcome), ms);
                  });
     }
 
-    void record_outcome(const Event& event, std::int64_t seq, const std::string& handler,
+    void record_outcome(const EventPtr& event, std::int64_t seq, const std::string& handler,
                         int attempt, DeliveryOutcome outcome, double ms) {
         DeliveryUpdate u{seq, handler, DeliveryState::delivered, attempt, 0, outcome.error};
-        if (outcome.ok) {
-            log_delivery(event, handler, attempt, outcome, "delivered", ms);
-        } else if (attempt >= config.retry.max_attempts) {
+        std::string status = "delivered";
+        log::Fields extra = log::Fields::object();
+        if (!outcome.ok && attempt >= config.retry.max_attempts) {
             u.state = DeliveryState::dead;
-            log_delivery(event, handler, attempt, outcome, "dead", ms);
-        } else {
+            status = "dead";
+        } else if (!outcome.ok) {
             double r;
             {
                 std::lock_guard lock(mutex);
@@ -295,12 +392,16 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             const auto delay = config.retry.delay_after(attempt, r);
             u.state = DeliveryState::pending;
             u.next_attempt_ms = now_ms() + delay.count();
-            log_delivery(event, handler, attempt, outcome, "failed", ms,
-                         {{"retry_in_ms", delay.count()}});
+            status = "failed";
+            extra["retry_in_ms"] = delay.count();
         }
+        auto write_log = [event, handler, attempt, outcome = std::move(outcome), status, ms,
+                          extra = std::move(extra)] {
+            log_delivery(*event, handler, attempt, outcome, status, ms, extra);
+        };
         std::lock_guard lock(mutex);
-        outcomes.push_back({std::move(u), event.id});
-        writer_cv.notify_one();
+        outcomes.push_back({std::move(u), event->id, std::move(write_log)});
+        if (writer_waiting) writer_cv.notify_one();
     }
 
     // ---- poller: retries, resume after restart, replays from the CLI -------------------------
@@ -346,14 +447,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void refresh_stats(bool log_it) {
-        const auto st = reader_db->stats();
-        backlog.store(st.pending);
-        dead.store(st.dead);
-        if (log_it && (st.pending > 0 || st.dead > 0)) {
-            log::Fields f{{"backlog", st.pending}, {"dead", st.dead}, {"events", st.events}};
-            if (st.oldest_pending_ms)
-                f["oldest_pending_age_s"] = (now_ms() - *st.oldest_pending_ms) / 1000;
-            log::warn("spool", f);
+        const auto [pending, dead_count] = reader_db->backlog_and_dead();
+        backlog.store(pending);
+        dead.store(dead_count);
+        if (log_it && (pending > 0 || dead_count > 0)) {
+            log::warn("spool", {{"backlog", pending}, {"dead", dead_count}});
         }
     }
 
@@ -392,15 +490,18 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             if (!event || !handler) {
                 const auto why = !event ? "stored body no longer parses"
                                         : "handler \"" + row.handler + "\" is no longer configured";
+                auto write_log = [id = stored->id, handler_name = row.handler, why] {
+                    log::error("delivery", {{"event_id", id},
+                                            {"handler", handler_name},
+                                            {"status", "dead"},
+                                            {"error", why}});
+                };
                 std::lock_guard lock(mutex);
                 outcomes.push_back(
                     {{row.seq, row.handler, DeliveryState::dead, row.attempts, 0, why},
-                     stored->id});
-                writer_cv.notify_one();
-                log::error("delivery", {{"event_id", stored->id},
-                                        {"handler", row.handler},
-                                        {"status", "dead"},
-                                        {"error", why}});
+                     stored->id,
+                     std::move(write_log)});
+                if (writer_waiting) writer_cv.notify_one();
                 continue;
             }
             start_delivery(event, row.seq, handler, row.attempts + 1);
@@ -414,13 +515,20 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
                                    std::move(lookup))) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_ms());
-    const auto st = impl_->reader_db->stats();
-    impl_->backlog.store(st.pending);
-    impl_->dead.store(st.dead);
-    log::info("spool opened", {{"path", impl_->config.path.string()},
-                               {"events", st.events},
-                               {"backlog", st.pending},
-                               {"dead", st.dead}});
+    if (impl_->config.duplicate_window.count() > 0) {
+        const auto since = now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          impl_->config.duplicate_window)
+                                          .count();
+        auto recent = impl_->writer_db->recent_bodies(since, max_recent_bodies);
+        for (auto it = recent.rbegin(); it != recent.rend(); ++it) {
+            impl_->recent.add(it->body_hash, it->id, it->received_ms);
+        }
+    }
+    const auto [pending, dead_count] = impl_->reader_db->backlog_and_dead();
+    impl_->backlog.store(pending);
+    impl_->dead.store(dead_count);
+    log::info("spool opened",
+              {{"path", impl_->config.path.string()}, {"backlog", pending}, {"dead", dead_count}});
     impl_->writer = std::thread([impl = impl_.get()] { impl->writer_loop(); });
     impl_->poller = std::thread([impl = impl_.get()] { impl->poller_loop(); });
 }
@@ -460,7 +568,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         for (const auto& h : r.handlers) impl_->claims.insert({event->id, h->name()});
     }
     impl_->stores.push_back(std::move(r));
-    impl_->writer_cv.notify_one();
+    if (impl_->writer_waiting) impl_->writer_cv.notify_one();
 }
 
 bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
@@ -477,7 +585,7 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
             }
         }
         // Nothing runs in memory; the spool tells whether retries are still waiting.
-        if (probe->stats().pending == 0) return true;
+        if (probe->backlog_and_dead().first == 0) return true;
         std::unique_lock lock(impl_->mutex);
         const auto seen = impl_->commits;
         if (!impl_->idle_cv.wait_until(

@@ -48,8 +48,6 @@ CREATE TABLE IF NOT EXISTS events (
     body        BLOB NOT NULL,
     body_hash   BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_hash ON events(body_hash, received_ms);
-CREATE INDEX IF NOT EXISTS events_by_time ON events(received_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     event_seq       INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
     handler         TEXT NOT NULL,
@@ -59,7 +57,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error      TEXT,
     PRIMARY KEY (event_seq, handler)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_ms);
+-- Partial indexes: a delivery that is done leaves them, and nothing grows with delivered rows.
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_attempt_ms) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(event_seq) WHERE state = 'dead';
+-- Indexes of earlier development versions.
+DROP INDEX IF EXISTS deliveries_due;
+DROP INDEX IF EXISTS events_by_hash;
+DROP INDEX IF EXISTS events_by_time;
 PRAGMA user_version = 1;
 )sql";
 
@@ -77,7 +81,7 @@ class SqliteSpool final : public Spool {
         // WAL lets the CLI and the daemon's reader read while the writer writes; FULL makes
         // every commit durable before it returns, which is what a 200 promises.
         exec("PRAGMA journal_mode = WAL");
-        exec("PRAGMA synchronous = FULL");
+        set_synchronous("FULL");
         exec("PRAGMA foreign_keys = ON");
         // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
         exec("PRAGMA journal_size_limit = 67108864");
@@ -91,19 +95,36 @@ class SqliteSpool final : public Spool {
     }
 
     std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
-                                     std::span<const DeliveryUpdate> updates,
-                                     std::int64_t duplicates_since_ms) override {
+                                     std::span<const DeliveryUpdate> updates) override {
         std::vector<StoreOutcome> out;
         out.reserve(events.size());
+        // New events are what a 200 promises: their commit waits for the disk. Outcomes alone
+        // need not: losing one to a power cut means a delivery runs again (at-least-once), and
+        // the next events' commit makes them durable too, as WAL commits are ordered.
+        set_synchronous(events.empty() ? "NORMAL" : "FULL");
         exec("BEGIN IMMEDIATE");
         try {
-            for (const auto& e : events) out.push_back(store_one(e, duplicates_since_ms));
+            for (const auto& e : events) out.push_back(store_one(e));
             for (const auto& u : updates) update_one(u);
             exec("COMMIT");
         } catch (...) {
             sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
             throw;
         }
+        return out;
+    }
+
+    std::vector<RecentBody> recent_bodies(std::int64_t since_ms, std::size_t limit) override {
+        // Newest first along seq (arrival order), stopping at the window's start.
+        auto& s = stmt("SELECT body_hash, id, received_ms FROM events ORDER BY seq DESC LIMIT ?");
+        bind(s, 1, static_cast<std::int64_t>(limit));
+        std::vector<RecentBody> out;
+        while (step(s)) {
+            const auto received = column_int(s, 2);
+            if (received < since_ms) break;
+            out.push_back({column_text(s, 0), column_text(s, 1), received});
+        }
+        sqlite3_reset(s.get());
         return out;
     }
 
@@ -158,6 +179,13 @@ class SqliteSpool final : public Spool {
             "?");
         bind(s, 1, id);
         return read_event(s);
+    }
+
+    std::pair<std::uint64_t, std::uint64_t> backlog_and_dead() override {
+        return {static_cast<std::uint64_t>(
+                    query_int("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")),
+                static_cast<std::uint64_t>(
+                    query_int("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'"))};
     }
 
     SpoolStats stats() override {
@@ -248,6 +276,12 @@ class SqliteSpool final : public Spool {
                          (db_ ? sqlite3_errmsg(db_.get()) : "out of memory"));
     }
 
+    void set_synchronous(const char* mode) {
+        if (synchronous_ == mode) return;
+        exec(std::string("PRAGMA synchronous = ") + mode);
+        synchronous_ = mode;
+    }
+
     void exec(const std::string& sql) {
         char* err = nullptr;
         if (sqlite3_exec(db_.get(), sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
@@ -323,18 +357,7 @@ class SqliteSpool final : public Spool {
         return out;
     }
 
-    StoreOutcome store_one(const NewEvent& e, std::int64_t duplicates_since_ms) {
-        if (duplicates_since_ms > 0) {
-            auto& d =
-                stmt("SELECT id FROM events WHERE body_hash = ? AND received_ms >= ? LIMIT 1");
-            bind_blob(d, 1, e.body_hash);
-            bind(d, 2, duplicates_since_ms);
-            if (step(d)) {
-                StoreOutcome dup{true, column_text(d, 0), 0};
-                sqlite3_reset(d.get());
-                return dup;
-            }
-        }
+    StoreOutcome store_one(const NewEvent& e) {
         auto& s = stmt(
             "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)");
@@ -356,7 +379,7 @@ class SqliteSpool final : public Spool {
             bind(ins, 3, e.received_ms);
             step(ins);
         }
-        return {false, e.id, seq};
+        return {e.id, seq};
     }
 
     void update_one(const DeliveryUpdate& u) {
@@ -377,6 +400,7 @@ class SqliteSpool final : public Spool {
     }
 
     std::string path_;
+    std::string synchronous_;
     Db db_;
     std::unordered_map<const char*, Stmt> stmts_;
 };

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sigsci/log_handler.hpp"
+#include "test_support.hpp"
 
 namespace sigsci {
 namespace {
@@ -52,6 +53,25 @@ TEST(Log, TextLineQuotesEmptyStringsAndEquals) {
     const auto line = log::format_line(log::Format::text, ts, log::Level::error, "x",
                                        log::Fields{{"a", ""}, {"b", "k=v"}});
     EXPECT_EQ(line, "2026-01-02T03:04:05.678Z ERROR x a=\"\" b=\"k=v\"");
+}
+
+TEST(Log, LevelFiltersRecordsAndCanChangeAtRuntime) {
+    auto sink = std::make_shared<test::MemorySink>();
+    log::configure(log::Format::json, log::Level::warn, sink);
+    EXPECT_FALSE(log::enabled(log::Level::info));
+    EXPECT_TRUE(log::enabled(log::Level::error));
+    log::info("dropped");
+    log::warn("kept");
+    log::set_level(log::Level::debug);  // as a reload does
+    EXPECT_TRUE(log::enabled(log::Level::debug));
+    log::debug("kept too");
+    log::set_level(log::Level::off);
+    log::error("dropped too");
+    const auto lines = sink->lines();
+    log::configure(log::Format::json, log::Level::info);
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(Json::parse(lines[0])["msg"], "kept");
+    EXPECT_EQ(Json::parse(lines[1])["msg"], "kept too");
 }
 
 TEST(Log, ParsesNamesFromConfig) {

@@ -51,8 +51,8 @@ class SqliteSpoolTest : public ::testing::Test {
   protected:
     test::TempDir dir;
     std::unique_ptr<Spool> spool = open_sqlite_spool(dir / "spool.db");
-    std::vector<StoreOutcome> store(std::vector<NewEvent> events, std::int64_t dup_since = 0) {
-        return spool->commit(events, {}, dup_since);
+    std::vector<StoreOutcome> store(std::vector<NewEvent> events) {
+        return spool->commit(events, {});
     }
 };
 
@@ -60,7 +60,7 @@ TEST_F(SqliteSpoolTest, StoresEventsWithAPendingDeliveryPerHandler) {
     const auto body = test::sample("flag");
     const auto out = store({new_event("e1", body, 1000, {"a", "b"})});
     ASSERT_EQ(out.size(), 1u);
-    EXPECT_FALSE(out[0].duplicate);
+    EXPECT_EQ(out[0].id, "e1");
     const auto loaded = spool->load(out[0].seq);
     ASSERT_TRUE(loaded);
     EXPECT_EQ(loaded->id, "e1");
@@ -73,24 +73,16 @@ TEST_F(SqliteSpoolTest, StoresEventsWithAPendingDeliveryPerHandler) {
     EXPECT_EQ(spool->stats().events, 1u);
 }
 
-TEST_F(SqliteSpoolTest, FindsDuplicatesOnlyWithinTheWindowAndPerEndpoint) {
-    const auto body = test::sample("flag");
-    store({new_event("e1", body, 1000, {"a"})});
-    const auto again = store({new_event("e2", body, 5000, {"a"})}, 500);
-    EXPECT_TRUE(again[0].duplicate);
-    EXPECT_EQ(again[0].id, "e1");
-    const auto outside = store({new_event("e3", body, 9000, {"a"})}, 2000);
-    EXPECT_FALSE(outside[0].duplicate);
-    auto other_endpoint = new_event("e4", body, 9000, {"a"});
-    other_endpoint.body_hash = body_hash("/other", body);
-    EXPECT_FALSE(store({other_endpoint}, 500)[0].duplicate);
-    // Two copies in one group commit: the second is the duplicate.
-    const auto body2 = test::numbered(body, 2);
-    const auto pair =
-        store({new_event("e5", body2, 9500, {"a"}), new_event("e6", body2, 9500, {"a"})}, 500);
-    EXPECT_FALSE(pair[0].duplicate);
-    EXPECT_TRUE(pair[1].duplicate);
-    EXPECT_EQ(pair[1].id, "e5");
+TEST_F(SqliteSpoolTest, RecentBodiesAreTheNewestWithinTheWindow) {
+    store({new_event("old", test::sample("flag"), 1000, {"a"})});
+    store({new_event("mid", test::sample("listCreated"), 5000, {"a"})});
+    store({new_event("new", test::sample("ruleCreated"), 9000, {"a"})});
+    const auto recent = spool->recent_bodies(4000, 10);
+    ASSERT_EQ(recent.size(), 2u);
+    EXPECT_EQ(recent[0].id, "new");
+    EXPECT_EQ(recent[1].id, "mid");
+    EXPECT_EQ(recent[1].body_hash, body_hash("/hook", test::sample("listCreated")));
+    EXPECT_EQ(spool->recent_bodies(0, 1).size(), 1u);
 }
 
 TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
@@ -100,7 +92,7 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
         {seq, "b", DeliveryState::pending, 1, 50000, "boom"},
         {seq, "c", DeliveryState::dead, 3, 0, "gave up"},
     };
-    spool->commit({}, ups, 0);
+    spool->commit({}, ups);
     const auto st = spool->stats();
     EXPECT_EQ(st.delivered, 1u);
     EXPECT_EQ(st.pending, 1u);
@@ -124,7 +116,7 @@ TEST_F(SqliteSpoolTest, StillDueTurnsFalseOnceAnOutcomeIsCommitted) {
     ASSERT_EQ(listed.size(), 2u);
     const std::vector<DeliveryUpdate> ups = {{seq, "a", DeliveryState::delivered, 1, 0, ""},
                                              {seq, "b", DeliveryState::pending, 1, 1500, "retry"}};
-    spool->commit({}, ups, 0);
+    spool->commit({}, ups);
     for (const auto& d : listed) EXPECT_FALSE(spool->still_due(d, 2000)) << d.handler;
     // b's retry is due again, now at attempt 1.
     const auto again = spool->due(2000, 10);
@@ -140,7 +132,7 @@ TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
         store({new_event("recent", test::sample("ruleDeleted"), 9000, {"a"})})[0].seq;
     const std::vector<DeliveryUpdate> ups = {{done, "a", DeliveryState::delivered, 1, 0, ""},
                                              {recent, "a", DeliveryState::delivered, 1, 0, ""}};
-    spool->commit({}, ups, 0);
+    spool->commit({}, ups);
     EXPECT_EQ(spool->prune(5000, 100), 2u);  // "done" and "unrouted"
     EXPECT_FALSE(spool->find("done"));
     EXPECT_FALSE(spool->find("unrouted"));
@@ -166,7 +158,7 @@ TEST_F(SqliteSpoolTest, SurvivesReopening) {
 }
 
 TEST_F(SqliteSpoolTest, FullSpoolFailsTheWholeCommitAndKeepsWhatWasThere) {
-    auto small = open_sqlite_spool(dir / "small.db", {64 * 1024});
+    auto small = open_sqlite_spool(dir / "small.db", {.max_bytes = 64 * 1024});
     const std::string big = R"({"type":"flag","payload":")" + std::string(20000, 'x') + R"("})";
     int stored = 0;
     bool failed = false;
@@ -174,7 +166,7 @@ TEST_F(SqliteSpoolTest, FullSpoolFailsTheWholeCommitAndKeepsWhatWasThere) {
         try {
             const std::vector<NewEvent> one = {
                 new_event("e" + std::to_string(i), test::numbered(big, i), 1000, {"a"})};
-            small->commit(one, {}, 0);
+            small->commit(one, {});
             ++stored;
         } catch (const SpoolError& e) {
             failed = true;
@@ -366,6 +358,41 @@ TEST_F(SpoolSinkTest, DuplicateBodyIsAnsweredWithTheOriginalIdAndNotDeliveredAga
     EXPECT_EQ(submit(test::numbered(body, 1), {h}).status, SubmitResult::Status::accepted);
 }
 
+TEST_F(SpoolSinkTest, DuplicatesAreRememberedAcrossARestart) {
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    const auto first = submit(test::sample("flag"), {h});
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    sink.reset();
+    start();
+    const auto again = submit(test::sample("flag"), {h});
+    EXPECT_EQ(again.status, SubmitResult::Status::duplicate);
+    EXPECT_EQ(again.id, first.id);
+}
+
+TEST_F(SpoolSinkTest, DuplicatesArePerEndpoint) {
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    start();
+    const auto body = test::sample("flag");
+    EXPECT_EQ(submit(body, {h}).status, SubmitResult::Status::accepted);
+    auto env = parse_envelope(body);
+    auto other =
+        make_event("/other", body, std::move(env).value(), std::chrono::system_clock::now());
+    std::mutex m;
+    std::condition_variable cv;
+    std::optional<SubmitResult> result;
+    sink->submit(other, {h}, [&](SubmitResult r) {
+        std::lock_guard lock(m);
+        result = std::move(r);
+        cv.notify_all();
+    });
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return result.has_value(); });
+    EXPECT_EQ(result->status, SubmitResult::Status::accepted);
+}
+
 TEST_F(SpoolSinkTest, DuplicateWindowZeroTurnsDetectionOff) {
     config.duplicate_window = std::chrono::seconds(0);
     auto h = std::make_shared<FlakyHandler>("h", 0);
@@ -382,11 +409,11 @@ TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
         const std::vector<NewEvent> events = {
             new_event("left-1", test::sample("flag"), now_ms(), {"h"}),
             new_event("left-2", test::sample("expireFlag"), now_ms(), {"h"})};
-        const auto out = spool->commit(events, {}, 0);
+        const auto out = spool->commit(events, {});
         // Its backoff runs for an hour; a restart tries it at once all the same.
         const std::vector<DeliveryUpdate> ups = {
             {out[1].seq, "h", DeliveryState::pending, 1, now_ms() + 3600000, "was failing"}};
-        spool->commit({}, ups, 0);
+        spool->commit({}, ups);
     }
     auto h = std::make_shared<FlakyHandler>("h", 0);
     add(h);
@@ -405,7 +432,7 @@ TEST_F(SpoolSinkTest, DeliveryForAHandlerNoLongerConfiguredIsDeadLettered) {
         auto spool = open_sqlite_spool(config.path);
         spool->commit(
             std::vector<NewEvent>{new_event("orphan", test::sample("flag"), now_ms(), {"removed"})},
-            {}, 0);
+            {});
     }
     start();
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));

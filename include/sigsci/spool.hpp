@@ -9,6 +9,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sigsci {
@@ -33,8 +34,7 @@ struct NewEvent {
 };
 
 struct StoreOutcome {
-    bool duplicate = false;
-    std::string id;        // the stored id, or the original's for a duplicate
+    std::string id;
     std::int64_t seq = 0;  // the stored event's key
 };
 
@@ -92,12 +92,19 @@ class Spool {
   public:
     virtual ~Spool() = default;
 
-    // One durable transaction: stores each event (or finds a duplicate of its body received at
-    // or after `duplicates_since_ms`), then applies each update. Throws SpoolError when nothing
-    // was committed.
+    // One transaction: stores each event, then applies each update. Durable on return when it
+    // stored events. Throws SpoolError when nothing was committed.
     virtual std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
-                                             std::span<const DeliveryUpdate> updates,
-                                             std::int64_t duplicates_since_ms) = 0;
+                                             std::span<const DeliveryUpdate> updates) = 0;
+
+    // The newest events received at or after `since_ms` (at most `limit`), newest first: what
+    // duplicate detection needs to know after a restart.
+    struct RecentBody {
+        std::string body_hash;
+        std::string id;
+        std::int64_t received_ms = 0;
+    };
+    virtual std::vector<RecentBody> recent_bodies(std::int64_t since_ms, std::size_t limit) = 0;
 
     // At start: every pending delivery becomes due now (attempt counts are kept). Returns how many.
     virtual std::size_t resume_all(std::int64_t now_ms) = 0;
@@ -108,7 +115,10 @@ class Spool {
     virtual bool still_due(const DueDelivery& delivery, std::int64_t now_ms) = 0;
     virtual std::optional<StoredEvent> load(std::int64_t seq) = 0;
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
+    // Full counts (scans the spool: for operators).
     virtual SpoolStats stats() = 0;
+    // Pending and dead deliveries only, from small indexes: cheap enough to poll.
+    virtual std::pair<std::uint64_t, std::uint64_t> backlog_and_dead() = 0;
 
     // Deletes events received before `before_ms` whose deliveries are all delivered (or that
     // had none), at most `limit`; returns how many.
