@@ -16,10 +16,4 @@ function request()
     return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["X-SigSci-Signature"] = b.sig}, b.body)
 end
 
-function done(summary, latency, requests)
-    io.write(string.format("RESULT requests=%d non2xx=%d errors=%d rps=%.0f p50_ms=%.3f p99_ms=%.3f\n",
-        summary.requests, summary.errors.status,
-        summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-        summary.requests / (summary.duration / 1e6),
-        latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
+dofile("bench/report.lua")  -- the scripts run wrk from the repository root

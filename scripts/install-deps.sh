@@ -4,7 +4,7 @@
 # not root.
 set -eu
 
-packages="g++ cmake ninja-build ccache pkg-config clang-format
+packages="g++ cmake ninja-build ccache pkg-config clang-format git
 libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
 libgtest-dev libgmock-dev libsqlite3-dev python3 openssl curl"
 

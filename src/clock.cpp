@@ -12,6 +12,12 @@
 
 namespace sigsci {
 
+std::int64_t now_unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
 std::string format_rfc3339_ms(std::int64_t unix_ms) {
     const std::int64_t ms = ((unix_ms % 1000) + 1000) % 1000;
     const auto secs = static_cast<std::time_t>((unix_ms - ms) / 1000);

@@ -16,12 +16,6 @@ namespace sigsci {
 
 namespace {
 
-std::int64_t now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 std::string format_ms(std::int64_t ms) {
     return format_rfc3339_ms(ms);
 }
@@ -160,7 +154,7 @@ int run_spool_command(const SpoolCommand& cmd) {
                 std::cerr << "sigsci-webhookd: no event " << cmd.id << " in the spool\n";
                 return 1;
             }
-            const auto n = spool->retry_dead(cmd.all_dead ? std::string() : cmd.id, now_ms());
+            const auto n = spool->retry_dead(cmd.all_dead ? std::string() : cmd.id, now_unix_ms());
             std::cout << n << " dead deliveries made pending again\n";
         } else if (cmd.action == "purge") {
             const auto n = spool->purge(*before);

@@ -14,6 +14,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "sigsci/clock.hpp"
 #include "sigsci/log.hpp"
 
 namespace sigsci {
@@ -21,11 +22,6 @@ namespace sigsci {
 namespace {
 
 using Clock = std::chrono::system_clock;
-
-std::int64_t now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
-        .count();
-}
 
 // Deliveries running at once; beyond it, accepted events wait in the spool for the poller.
 constexpr std::size_t max_in_flight = 1024;
@@ -205,7 +201,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     void commit_batch(std::vector<StoreRequest>& batch, std::vector<OutcomeRequest>& updates) {
         const bool dedupe = config.duplicate_window.count() > 0;
         const auto since =
-            now_ms() -
+            now_unix_ms() -
             std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count();
         std::vector<Decision> decisions(batch.size());
         std::vector<NewEvent> rows;
@@ -345,10 +341,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void prune() {
         recent.expire(
-            now_ms() -
+            now_unix_ms() -
             std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count());
         const auto before =
-            now_ms() -
+            now_unix_ms() -
             std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
         try {
             std::size_t total = 0;
@@ -391,7 +387,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             }
             const auto delay = config.retry.delay_after(attempt, r);
             u.state = DeliveryState::pending;
-            u.next_attempt_ms = now_ms() + delay.count();
+            u.next_attempt_ms = now_unix_ms() + delay.count();
             status = "failed";
             extra["retry_in_ms"] = delay.count();
         }
@@ -417,7 +413,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 // comes first. Polling also finds what the CLI made pending.
                 const auto wake = [&] {
                     return stopping || (starved && claims.size() < max_in_flight) ||
-                           next_retry_ms <= now_ms();
+                           next_retry_ms <= now_unix_ms();
                 };
                 const auto poll_at = Clock::now() + poll_interval;
                 while (!wake() && Clock::now() < poll_at) {
@@ -430,7 +426,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 }
                 if (stopping) break;
                 starved = false;
-                if (next_retry_ms <= now_ms()) next_retry_ms = INT64_MAX;
+                if (next_retry_ms <= now_unix_ms()) next_retry_ms = INT64_MAX;
             }
             try {
                 dispatch_due();
@@ -465,7 +461,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         if (free == 0) return;
         // Claimed rows are still pending in the spool, so ask for enough to see past them.
-        for (const auto& row : reader_db->due(now_ms(), free + claimed)) {
+        for (const auto& row : reader_db->due(now_unix_ms(), free + claimed)) {
             if (free == 0) {
                 std::lock_guard lock(mutex);
                 starved = true;
@@ -479,7 +475,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             // The due() snapshot may predate an outcome committed since; the claim came after
             // that commit released its own, so a fresh read tells whether the row is still due.
             const auto stored =
-                reader_db->still_due(row, now_ms()) ? reader_db->load(row.seq) : std::nullopt;
+                reader_db->still_due(row, now_unix_ms()) ? reader_db->load(row.seq) : std::nullopt;
             if (!stored) {
                 std::lock_guard lock(mutex);
                 claims.erase({row.event_id, row.handler});
@@ -514,11 +510,11 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
                                    std::move(lookup))) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
-    impl_->writer_db->resume_all(now_ms());
+    impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {
-        const auto since = now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
-                                          impl_->config.duplicate_window)
-                                          .count();
+        const auto since = now_unix_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               impl_->config.duplicate_window)
+                                               .count();
         auto recent = impl_->writer_db->recent_bodies(since, max_recent_bodies);
         for (auto it = recent.rbegin(); it != recent.rend(); ++it) {
             impl_->recent.add(it->body_hash, it->id, it->received_ms);
@@ -541,7 +537,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     Impl::StoreRequest r;
     r.row.id = event->id;
     r.row.received_at = event->received_at;
-    r.row.received_ms = now_ms();
+    r.row.received_ms = now_unix_ms();
     r.row.endpoint = event->endpoint;
     r.row.type = event->envelope.type;
     r.row.body = event->body;

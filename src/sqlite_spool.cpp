@@ -67,6 +67,13 @@ DROP INDEX IF EXISTS events_by_time;
 PRAGMA user_version = 1;
 )sql";
 
+// The columns read_deliveries() expects. A macro so that each statement stays one literal (the
+// statement cache is keyed by the literal's address).
+#define SELECT_DELIVERIES                                                                       \
+    "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "          \
+    "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON e.seq = " \
+    "d.event_seq "
+
 class SqliteSpool final : public Spool {
   public:
     SqliteSpool(const std::filesystem::path& path, const SpoolOptions& options)
@@ -217,9 +224,11 @@ class SqliteSpool final : public Spool {
 
     std::size_t prune(std::int64_t before_ms, std::size_t limit) override {
         auto& s = stmt(
+            // seq grows with arrival, so walking it from the start meets the oldest first; no
+            // index on received_ms is kept just for this.
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received_ms < ? "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND "
-            "d.state != 'delivered') LIMIT ?)");
+            "d.state != 'delivered') ORDER BY seq LIMIT ?)");
         bind(s, 1, before_ms);
         bind(s, 2, static_cast<std::int64_t>(limit));
         step(s);
@@ -228,11 +237,9 @@ class SqliteSpool final : public Spool {
 
     std::vector<StoredDelivery> list(std::optional<DeliveryState> state, const std::string& type,
                                      std::size_t limit) override {
-        auto& s = stmt(
-            "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "
-            "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON "
-            "e.seq = d.event_seq WHERE (?1 IS NULL OR d.state = ?1) AND (?2 = '' OR e.type = ?2) "
-            "ORDER BY e.seq, d.handler LIMIT ?3");
+        auto& s = stmt(SELECT_DELIVERIES
+                       "WHERE (?1 IS NULL OR d.state = ?1) AND (?2 = '' OR e.type = ?2) "
+                       "ORDER BY e.seq, d.handler LIMIT ?3");
         if (state) {
             bind(s, 1, std::string(to_string(*state)));
         } else {
@@ -244,10 +251,7 @@ class SqliteSpool final : public Spool {
     }
 
     std::vector<StoredDelivery> deliveries_of(const std::string& event_id) override {
-        auto& s = stmt(
-            "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "
-            "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON "
-            "e.seq = d.event_seq WHERE e.id = ? ORDER BY d.handler");
+        auto& s = stmt(SELECT_DELIVERIES "WHERE e.id = ? ORDER BY d.handler");
         bind(s, 1, event_id);
         return read_deliveries(s);
     }

@@ -140,15 +140,10 @@ Response WebhookService::answer(const Event& event, bool unrouted,
             r.duplicate = true;
             r.body = Json{{"id", result.id}, {"status", "duplicate"}}.dump();
             return r;
-        case Status::overloaded: {
-            auto e = error_response(503, "overloaded");
-            e.endpoint = r.endpoint;
-            e.type = r.type;
-            e.error = result.error;
-            return e;
-        }
+        case Status::overloaded:
         case Status::failed: {
-            auto e = error_response(503, "cannot store event");
+            auto e = error_response(
+                503, result.status == Status::overloaded ? "overloaded" : "cannot store event");
             e.endpoint = r.endpoint;
             e.type = r.type;
             e.error = result.error;

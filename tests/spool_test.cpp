@@ -12,12 +12,6 @@
 namespace sigsci {
 namespace {
 
-std::int64_t now_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 NewEvent new_event(const std::string& id, const std::string& body, std::int64_t received_ms,
                    std::vector<std::string> handlers) {
     auto env = parse_envelope(body);
@@ -334,7 +328,7 @@ TEST_F(SpoolSinkTest, DeadLetteredAfterMaxAttemptsThenReplayedByRetry) {
 
     // The operator fixes the cause and replays, as `spool retry ID` does, while it runs.
     flaky->set_failures(0);
-    ASSERT_EQ(operator_view->retry_dead(r.id, now_ms()), 1u);
+    ASSERT_EQ(operator_view->retry_dead(r.id, now_unix_ms()), 1u);
     ASSERT_TRUE(logs->wait_for([&](const std::string& l) {
         auto j = Json::parse(l);
         return j["msg"] == "delivery" && j["status"] == "delivered" && j["event_id"] == r.id;
@@ -407,12 +401,12 @@ TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
     {
         auto spool = open_sqlite_spool(config.path);
         const std::vector<NewEvent> events = {
-            new_event("left-1", test::sample("flag"), now_ms(), {"h"}),
-            new_event("left-2", test::sample("expireFlag"), now_ms(), {"h"})};
+            new_event("left-1", test::sample("flag"), now_unix_ms(), {"h"}),
+            new_event("left-2", test::sample("expireFlag"), now_unix_ms(), {"h"})};
         const auto out = spool->commit(events, {});
         // Its backoff runs for an hour; a restart tries it at once all the same.
         const std::vector<DeliveryUpdate> ups = {
-            {out[1].seq, "h", DeliveryState::pending, 1, now_ms() + 3600000, "was failing"}};
+            {out[1].seq, "h", DeliveryState::pending, 1, now_unix_ms() + 3600000, "was failing"}};
         spool->commit({}, ups);
     }
     auto h = std::make_shared<FlakyHandler>("h", 0);
@@ -430,9 +424,9 @@ TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
 TEST_F(SpoolSinkTest, DeliveryForAHandlerNoLongerConfiguredIsDeadLettered) {
     {
         auto spool = open_sqlite_spool(config.path);
-        spool->commit(
-            std::vector<NewEvent>{new_event("orphan", test::sample("flag"), now_ms(), {"removed"})},
-            {});
+        spool->commit(std::vector<NewEvent>{new_event("orphan", test::sample("flag"), now_unix_ms(),
+                                                      {"removed"})},
+                      {});
     }
     start();
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));

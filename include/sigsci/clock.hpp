@@ -6,6 +6,9 @@
 
 namespace sigsci {
 
+// Milliseconds since the Unix epoch, the spool's unit of time.
+std::int64_t now_unix_ms();
+
 // RFC 3339, UTC, millisecond precision: 2026-11-29T17:16:26.123Z
 std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp);
 // The same from Unix milliseconds, for times a system_clock (nanoseconds, up to 2262) cannot hold.
