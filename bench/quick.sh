@@ -1,6 +1,7 @@
 #!/bin/sh
 # A first throughput figure, on loopback: nginx answering 204 (the ceiling of this setup) and
-# sigsci-webhookd verifying, parsing and archiving the same signed POSTs, in one run. Servers
+# sigsci-webhookd verifying, parsing, spooling and archiving the same signed POSTs, in one run
+# (duplicate detection off: it is the same body every time). Servers
 # are pinned to CPU 0 with one worker thread; wrk runs on CPU 1. Checks that every 200 reached
 # the archive file. Usage: bench/quick.sh [SECONDS] [CONNECTIONS]   (needs a dev build)
 set -eu
@@ -35,7 +36,8 @@ cat > "$work/sigsci.json" <<JSON
 {"listen": ["127.0.0.1:18081"], "threads": 1, "log": {"level": "warn"},
  "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
                 "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
- "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}}}
+ "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
+ "spool": {"path": "spool.db", "duplicate_window_s": 0}}
 JSON
 
 taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
