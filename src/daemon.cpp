@@ -173,7 +173,11 @@ void Daemon::shutdown() {
     const auto left = std::max(std::chrono::milliseconds(0),
                                std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::steady_clock::now()));
-    impl_->event_sink().stop(left);
+    // Deliveries still running when the drain period ends (exec commands) are ended.
+    impl_->event_sink().stop(left, [this] {
+        for (const auto& [name, handler] : impl_->service.snapshot()->handlers)
+            handler->terminate();
+    });
     impl_->work.reset();
     impl_->ioc.stop();
     for (auto& t : impl_->io_threads) t.join();

@@ -61,6 +61,7 @@ void log_delivery(const Event& event, const std::string& handler, int attempt,
         {"status", status},
         {"duration_ms", static_cast<double>(static_cast<long>(duration_ms * 1000)) / 1000}};
     if (!outcome.ok) fields["error"] = outcome.error;
+    for (const auto& [key, value] : outcome.details.items()) fields[key] = value;
     for (const auto& [key, value] : extra.items()) fields[key] = value;
     log::write(level, "delivery", fields);
 }

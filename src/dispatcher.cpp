@@ -74,11 +74,16 @@ bool Dispatcher::wait_idle(std::chrono::milliseconds timeout) {
     return impl_->idle.wait_for(lock, timeout, [&] { return impl_->pending == 0; });
 }
 
-void Dispatcher::stop(std::chrono::milliseconds) {
+void Dispatcher::stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout,
+                      std::chrono::milliseconds terminate_wait) {
     {
         std::lock_guard lock(impl_->mutex);
         if (impl_->stopped) return;
         impl_->stopped = true;
+    }
+    if (!wait_idle(timeout) && on_timeout) {
+        on_timeout();
+        wait_idle(terminate_wait);
     }
     // Without a spool, queued deliveries exist only here: finish them rather than lose them.
     impl_->pool.stop();

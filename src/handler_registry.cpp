@@ -8,6 +8,7 @@ std::span<const HandlerKind> handler_kinds() {
     static constexpr std::array kinds{
         HandlerKind{"log", &parse_log_handler},
         HandlerKind{"file", &parse_file_handler},
+        HandlerKind{"exec", &parse_exec_handler},
     };
     return kinds;
 }

@@ -593,17 +593,25 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
     }
 }
 
-void SpoolSink::stop(std::chrono::milliseconds timeout) {
+void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout,
+                     std::chrono::milliseconds terminate_wait) {
+    const auto drained = [&] { return impl_->claims.empty() && impl_->outcomes.empty(); };
     {
         std::unique_lock lock(impl_->mutex);
         if (impl_->stopping) return;
         impl_->stopping = true;
         impl_->poller_cv.notify_all();
         // Deliveries in flight get the drain period; what remains pending resumes at next start.
-        impl_->idle_cv.wait_for(lock, timeout,
-                                [&] { return impl_->claims.empty() && impl_->outcomes.empty(); });
+        if (!impl_->idle_cv.wait_for(lock, timeout, drained) && on_timeout) {
+            log::warn("drain timeout: ending running deliveries",
+                      {{"deliveries", impl_->claims.size()}});
+            lock.unlock();
+            on_timeout();
+            lock.lock();
+            impl_->idle_cv.wait_for(lock, terminate_wait, drained);
+        }
         if (!impl_->claims.empty()) {
-            log::warn("drain timeout: deliveries still running",
+            log::warn("deliveries still running at stop; they will run again after the next start",
                       {{"deliveries", impl_->claims.size()}});
         }
     }

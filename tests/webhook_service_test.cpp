@@ -23,7 +23,8 @@ class FakeSink final : public EventSink {
         done({SubmitResult::Status::accepted, event->id, {}});
     }
     bool wait_idle(std::chrono::milliseconds) override { return true; }
-    void stop(std::chrono::milliseconds) override {}
+    void stop(std::chrono::milliseconds, const std::function<void()>&,
+              std::chrono::milliseconds) override {}
     SinkStats stats() const override { return {7, 3}; }
 
     SubmitResult::Status result = SubmitResult::Status::accepted;

@@ -37,8 +37,12 @@ class EventSink {
                         SubmitDone done) = 0;
     // Blocks until nothing is left to deliver (or dead), or the timeout passes.
     virtual bool wait_idle(std::chrono::milliseconds timeout) = 0;
-    // Stops taking events, lets running deliveries finish within `timeout`, and stops.
-    virtual void stop(std::chrono::milliseconds timeout) = 0;
+    // Stops taking events and lets running deliveries finish within `timeout`; if some are still
+    // running then, calls `on_timeout` (which ends them: Handler::terminate) and waits for them
+    // to report, at most `terminate_wait` more. Then stops.
+    virtual void stop(std::chrono::milliseconds timeout,
+                      const std::function<void()>& on_timeout = {},
+                      std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) = 0;
     virtual SinkStats stats() const = 0;
 };
 
@@ -50,7 +54,8 @@ class Dispatcher final : public EventSink {
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
     bool wait_idle(std::chrono::milliseconds timeout) override;
-    void stop(std::chrono::milliseconds timeout) override;
+    void stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout = {},
+              std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) override;
     SinkStats stats() const override;
 
     void set_max_pending_events(std::uint64_t n);

@@ -11,7 +11,8 @@ namespace sigsci {
 
 struct DeliveryOutcome {
     bool ok = true;
-    std::string error;  // why it failed; empty when ok
+    std::string error;              // why it failed; empty when ok
+    Json details = Json::object();  // extra fields for the delivery log line (exit status, output)
 };
 
 using DeliveryDone = std::function<void(DeliveryOutcome)>;
@@ -29,6 +30,10 @@ class Handler {
 
     // SIGHUP: reopen whatever files the handler writes (logrotate moved them away).
     virtual void reopen() {}
+
+    // Shutdown after the drain period: end running deliveries (they report failure and are
+    // retried after the next start) and fail queued ones.
+    virtual void terminate() {}
 
   private:
     std::string name_;

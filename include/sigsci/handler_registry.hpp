@@ -40,5 +40,7 @@ std::span<const HandlerKind> handler_kinds();
 HandlerSpec parse_log_handler(const std::string& name, ConfigObject& cfg, const ConfigContext& ctx);
 HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg,
                                const ConfigContext& ctx);
+HandlerSpec parse_exec_handler(const std::string& name, ConfigObject& cfg,
+                               const ConfigContext& ctx);
 
 }  // namespace sigsci

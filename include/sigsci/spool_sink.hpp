@@ -24,7 +24,8 @@ class SpoolSink final : public EventSink {
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
     bool wait_idle(std::chrono::milliseconds timeout) override;
-    void stop(std::chrono::milliseconds timeout) override;
+    void stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout = {},
+              std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) override;
     SinkStats stats() const override;
 
   private:
