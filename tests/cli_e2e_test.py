@@ -219,6 +219,38 @@ class Running(unittest.TestCase):
         self.assertIn(b"bind", r.stdout)
 
 
+class ShippedExample(unittest.TestCase):
+    """config/example.json as shipped (moved to port 0 and a temp dir): the exec example runs."""
+
+    def test_flag_event_runs_the_block_ip_example(self):
+        import shutil
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("example.json", "demo.key", "block-ip-example.sh"):
+                shutil.copy2(os.path.join(SOURCE, "config", name), d)
+            path = os.path.join(d, "example.json")
+            with open(path) as f:
+                text = f.read().replace('"127.0.0.1:8080"', '"127.0.0.1:0"')
+            with open(path, "w") as f:
+                f.write(text)
+            daemon = Daemon(path)
+            try:
+                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+                with open(os.path.join(SAMPLES, "flag.json"), "rb") as f:
+                    body = f.read()
+                key = open(os.path.join(d, "demo.key")).read().rstrip("\n")
+                status, answer = post(port, "/sigsci/demo", body, sign(key, body))
+                self.assertEqual(status, 200)
+                record = daemon.wait_for(lambda r: r["msg"] == "delivery" and r["handler"] == "block-ip")
+                self.assertEqual(record["status"], "delivered", record)
+                self.assertEqual(record["stdout"], "recorded 198.51.100.23\n")
+                with open(os.path.join(d, "flagged-ips.txt")) as f:
+                    self.assertEqual(f.read().split()[:2], ["198.51.100.23", answer["id"]])
+                daemon.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+
+
 class SpoolCommands(unittest.TestCase):
     """Dead letters from a handler that cannot write, seen and replayed through `spool ...`."""
 

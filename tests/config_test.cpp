@@ -35,7 +35,7 @@ TEST(Config, ShippedExampleIsValid) {
     auto r = load_config(std::filesystem::path(SIGSCI_SOURCE_DIR) / "config" / "example.json");
     ASSERT_TRUE(r) << r.error();
     EXPECT_EQ(r.value().endpoints.size(), 1u);
-    EXPECT_EQ(r.value().handlers.size(), 2u);
+    EXPECT_EQ(r.value().handlers.size(), 3u);
     EXPECT_TRUE(r.value().warnings.empty());
 }
 
