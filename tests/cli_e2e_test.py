@@ -251,6 +251,50 @@ class ShippedExample(unittest.TestCase):
                 daemon.stop()
 
 
+class ExecDrain(unittest.TestCase):
+    """SIGTERM while a command runs: it gets the drain period, is then terminated, and its
+    delivery runs again after a restart."""
+
+    def test_running_command_is_ended_after_the_drain_and_retried_after_restart(self):
+        with tempfile.TemporaryDirectory() as d:
+            fifo = os.path.join(d, "started")
+            os.mkfifo(fifo)
+            with open(os.path.join(d, "k"), "w") as f:
+                f.write("drain-key\n")
+            config = os.path.join(d, "config.json")
+            with open(config, "w") as f:
+                json.dump({"listen": ["127.0.0.1:0"], "limits": {"drain_timeout_ms": 300},
+                           "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
+                                          "routes": [{"types": ["*"], "handlers": ["slow"]}]}],
+                           "handlers": {"slow": {"kind": "exec", "kill_grace_ms": 200,
+                                                 "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}},
+                           "spool": {"path": "spool.db"}}, f)
+            daemon = Daemon(config)
+            try:
+                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+                body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
+                status, answer = post(port, "/hook", body, sign("drain-key", body))
+                self.assertEqual(status, 200)
+                with open(fifo) as f:  # blocks until the command is running
+                    self.assertEqual(f.read().strip(), answer["id"])
+                daemon.proc.send_signal(signal.SIGTERM)
+                record = daemon.wait_for(lambda r: r["msg"] == "delivery")
+                self.assertEqual(record["status"], "failed")
+                self.assertIn("stopped at shutdown", record["error"])
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+            # After a restart the delivery runs again, with the same event id.
+            daemon = Daemon(config)
+            try:
+                with open(fifo) as f:
+                    self.assertEqual(f.read().strip(), answer["id"])
+                daemon.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+
+
 class SpoolCommands(unittest.TestCase):
     """Dead letters from a handler that cannot write, seen and replayed through `spool ...`."""
 
