@@ -6,14 +6,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 duration=${1:-10}
-bin=build/dev/sigsci-webhookd
-[ -x "$bin" ] || { echo "build first: cmake --preset dev && cmake --build --preset dev" >&2; exit 2; }
-command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
-
-work=$(mktemp -d)
-trap 'kill $(cat "$work"/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
-printf 'bench-key\n' > "$work/key"
-python3 bench/make_bodies.py bench-key 20000 "$work/bodies.txt"
+. bench/lib.sh
+bench_setup 20000
 
 run() {  # SPOOL_ENABLED CONNECTIONS
     rm -f "$work"/events.jsonl "$work"/spool.db*
