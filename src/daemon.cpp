@@ -60,22 +60,21 @@ struct Daemon::Impl {
             log::warn("config warning", {{"warning",
                                           "spool.enabled is false: events live in memory "
                                           "until delivered and are lost if the process dies"}});
-            dispatcher =
+            auto memory =
                 std::make_unique<Dispatcher>(delivery_threads, cfg.limits.max_pending_events);
-            sink = nullptr;
+            dispatcher = memory.get();
+            sink = std::move(memory);
         }
-        service.attach(dispatcher ? static_cast<EventSink&>(*dispatcher) : *sink);
+        service.attach(*sink);
     }
-
-    EventSink& event_sink() { return dispatcher ? static_cast<EventSink&>(*dispatcher) : *sink; }
 
     unsigned threads;
     asio::io_context ioc;
     asio::executor_work_guard<asio::io_context::executor_type> work;
     WebhookService service;
     Server server;
-    std::unique_ptr<Dispatcher> dispatcher;  // spool disabled
-    std::unique_ptr<EventSink> sink;         // spool enabled
+    std::unique_ptr<EventSink> sink;   // the spool, or the in-memory dispatcher
+    Dispatcher* dispatcher = nullptr;  // that dispatcher when the spool is off
     std::vector<std::thread> io_threads;
     std::mutex reload_mutex;  // one reload at a time
     bool started = false;
@@ -132,14 +131,7 @@ bool Daemon::reload(Result<Config> next) {
     }
     const Config& cfg = runtime->config;
     log_warnings(cfg);
-    if (cfg.spool.path != current->config.spool.path ||
-        cfg.spool.enabled != current->config.spool.enabled ||
-        cfg.spool.max_bytes != current->config.spool.max_bytes ||
-        cfg.spool.retention != current->config.spool.retention ||
-        cfg.spool.duplicate_window != current->config.spool.duplicate_window ||
-        cfg.spool.retry.max_attempts != current->config.spool.retry.max_attempts ||
-        cfg.spool.retry.initial_delay != current->config.spool.retry.initial_delay ||
-        cfg.spool.retry.max_delay != current->config.spool.retry.max_delay) {
+    if (!(cfg.spool == current->config.spool)) {
         log::warn("config warning", {{"warning", "changes to spool take effect at restart"}});
     }
     if (!same_listeners(current->config, cfg)) {
@@ -174,7 +166,7 @@ void Daemon::shutdown() {
                                std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::steady_clock::now()));
     // Deliveries still running when the drain period ends (exec commands) are ended.
-    impl_->event_sink().stop(left, [this] {
+    impl_->sink->stop(left, [this] {
         for (const auto& [name, handler] : impl_->service.snapshot()->handlers)
             handler->terminate();
     });
@@ -222,7 +214,7 @@ void Daemon::run_until_signalled() {
 }
 
 bool Daemon::wait_deliveries_idle(std::chrono::milliseconds timeout) {
-    return impl_->event_sink().wait_idle(timeout);
+    return impl_->sink->wait_idle(timeout);
 }
 
 std::size_t Daemon::connection_count() const {

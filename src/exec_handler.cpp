@@ -30,6 +30,7 @@ using boost::system::error_code;
 
 namespace {
 
+constexpr const char* stopping_message = "the daemon is stopping; the command was not run";
 constexpr const char* base_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 // After the command exits, how long its output pipes may stay open (held by something that left
 // its process group) before they are closed on it.
@@ -253,6 +254,14 @@ struct ExecHandler::Job : std::enable_shared_from_this<Job> {
         return o;
     }
 
+    // The command never ran (or ran unwatched and was reaped at once): report why.
+    void fail_to_start(std::string why) {
+        exited = true;
+        open_streams = 0;
+        completed = true;
+        finish({false, std::move(why), Json::object()});
+    }
+
     void finish(DeliveryOutcome o) {
         auto cb = std::move(done);
         if (auto h = handler.lock()) h->finished(shared_from_this());
@@ -285,7 +294,7 @@ void ExecHandler::deliver(const EventPtr& event, DeliveryDone done) {
     std::unique_lock lock(mutex_);
     if (terminated_) {
         lock.unlock();
-        job->done({false, "the daemon is stopping; the command was not run", Json::object()});
+        job->done({false, stopping_message, Json::object()});
         return;
     }
     if (running_ >= config_.max_concurrent) {
@@ -303,11 +312,7 @@ void ExecHandler::start(std::shared_ptr<Job> job) {
         job->started = std::chrono::steady_clock::now();
         int in[2], out[2], err[2];
         if (!make_pipe(in) || !make_pipe(out) || !make_pipe(err)) {
-            job->exited = true;
-            job->open_streams = 0;
-            job->completed = true;
-            job->finish({false, std::string("cannot create pipes: ") + std::strerror(errno),
-                         Json::object()});
+            job->fail_to_start(std::string("cannot create pipes: ") + std::strerror(errno));
             return;
         }
         posix_spawn_file_actions_t actions;
@@ -352,10 +357,7 @@ void ExecHandler::start(std::shared_ptr<Job> job) {
             ::close(in[1]);
             ::close(out[0]);
             ::close(err[0]);
-            job->exited = true;
-            job->open_streams = 0;
-            job->completed = true;
-            job->finish({false, "cannot start " + job->argv[0] + ": " + why, Json::object()});
+            job->fail_to_start("cannot start " + job->argv[0] + ": " + why);
             return;
         }
         job->in.assign(in[1]);
@@ -418,7 +420,7 @@ void ExecHandler::terminate() {
     }
     for (auto& job : waiting) {
         auto cb = std::move(job->done);
-        cb({false, "the daemon is stopping; the command was not run", Json::object()});
+        cb({false, stopping_message, Json::object()});
     }
 }
 

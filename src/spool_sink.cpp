@@ -86,8 +86,6 @@ class RecentBodies {
         while (!order_.empty() && order_.front().first < since_ms) evict_front();
     }
 
-    std::size_t size() const { return map_.size(); }
-
   private:
     struct Entry {
         std::string id;
@@ -162,6 +160,13 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::thread writer;
     std::thread poller;
 
+    // The receipt time from which a body counts as a duplicate.
+    std::int64_t duplicates_since() const {
+        return now_unix_ms() -
+               std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window)
+                   .count();
+    }
+
     // ---- writer: group commit -------------------------------------------------------------
 
     void writer_loop() {
@@ -178,7 +183,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 writer_waiting = false;
                 if (stores.empty() && outcomes.empty() && stopping && claims.empty()) break;
                 batch.swap(stores);
-                updates.assign(outcomes.begin(), outcomes.end());
+                updates.assign(std::make_move_iterator(outcomes.begin()),
+                               std::make_move_iterator(outcomes.end()));
                 outcomes.clear();
             }
             if (!batch.empty() || !updates.empty()) commit_batch(batch, updates);
@@ -200,9 +206,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void commit_batch(std::vector<StoreRequest>& batch, std::vector<OutcomeRequest>& updates) {
         const bool dedupe = config.duplicate_window.count() > 0;
-        const auto since =
-            now_unix_ms() -
-            std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count();
+        const auto since = duplicates_since();
         std::vector<Decision> decisions(batch.size());
         std::vector<NewEvent> rows;
         std::vector<std::size_t> stored_index;                  // batch index of each row
@@ -340,9 +344,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void prune() {
-        recent.expire(
-            now_unix_ms() -
-            std::chrono::duration_cast<std::chrono::milliseconds>(config.duplicate_window).count());
+        recent.expire(duplicates_since());
         const auto before =
             now_unix_ms() -
             std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
@@ -512,10 +514,7 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {
-        const auto since = now_unix_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               impl_->config.duplicate_window)
-                                               .count();
-        auto recent = impl_->writer_db->recent_bodies(since, max_recent_bodies);
+        auto recent = impl_->writer_db->recent_bodies(impl_->duplicates_since(), max_recent_bodies);
         for (auto it = recent.rbegin(); it != recent.rend(); ++it) {
             impl_->recent.add(it->body_hash, it->id, it->received_ms);
         }

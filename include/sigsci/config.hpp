@@ -37,6 +37,8 @@ struct RetryPolicy {
     // The wait before attempt `failed_attempts + 1`: initial * 2^(failed-1), capped, then a
     // random point in its upper half (unit_random in [0, 1)) so retries spread out.
     std::chrono::milliseconds delay_after(int failed_attempts, double unit_random) const;
+
+    bool operator==(const RetryPolicy&) const = default;
 };
 
 struct SpoolConfig {
@@ -46,6 +48,8 @@ struct SpoolConfig {
     std::chrono::seconds retention{86400};
     std::chrono::seconds duplicate_window{600};
     RetryPolicy retry;
+
+    bool operator==(const SpoolConfig&) const = default;
 };
 
 struct LogSettings {
