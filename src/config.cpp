@@ -249,6 +249,31 @@ std::filesystem::path default_spool_path() {
     return std::filesystem::absolute("spool.db");
 }
 
+constexpr const char* default_admin_address = "127.0.0.1:9102";
+
+AdminConfig parse_admin(ConfigObject obj, const ConfigContext& ctx) {
+    AdminConfig a;
+    if (auto n = obj.get("listen")) {
+        auto items = n->as_array();
+        if (items.empty())
+            n->fail("needs at least one address (leave out \"admin\" to have no admin listener)");
+        for (const auto& item : items) {
+            a.listen.push_back(parse_listen_address(item));
+            const auto& host = a.listen.back().host;
+            const bool loopback = host.rfind("127.", 0) == 0 || host == "::1";
+            if (!loopback && ctx.warnings) {
+                ctx.warnings->push_back(item.path() + ": " + a.listen.back().address +
+                                        " is not loopback; /metrics will be reachable from "
+                                        "other hosts");
+            }
+        }
+    } else {
+        a.listen.push_back({default_admin_address, "127.0.0.1", 9102});
+    }
+    obj.finish();
+    return a;
+}
+
 SpoolConfig parse_spool(ConfigObject obj, const ConfigContext& ctx) {
     SpoolConfig s;
     using ms = std::chrono::milliseconds;
@@ -358,6 +383,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
         } else {
             cfg.spool.path = default_spool_path();
         }
+        if (auto n = root.get("admin")) cfg.admin = parse_admin(n->as_object(), ctx);
         root.finish();
         for (const auto& h : cfg.handlers) {
             const bool used =

@@ -2,19 +2,25 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
 #include <condition_variable>
 #include <csignal>
+#include <cstdlib>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <thread>
 
 #include "sigsci/dispatcher.hpp"
 #include "sigsci/log.hpp"
+#include "sigsci/metrics.hpp"
 #include "sigsci/server.hpp"
 #include "sigsci/spool_sink.hpp"
+#include "sigsci/systemd.hpp"
 #include "sigsci/webhook_service.hpp"
 
 namespace sigsci {
@@ -29,6 +35,7 @@ void log_warnings(const Config& config) {
 
 bool same_listeners(const Config& a, const Config& b) {
     if (a.listen.size() != b.listen.size() || a.threads != b.threads) return false;
+    if (!(a.admin == b.admin)) return false;
     for (std::size_t i = 0; i < a.listen.size(); ++i) {
         if (a.listen[i].address != b.listen[i].address) return false;
     }
@@ -55,22 +62,44 @@ struct Daemon::Impl {
                     const auto rt = service.snapshot();
                     const auto it = rt->handlers.find(name);
                     return it == rt->handlers.end() ? nullptr : it->second;
-                });
+                },
+                &metrics);
         } else {
             log::warn("config warning", {{"warning",
                                           "spool.enabled is false: events live in memory "
                                           "until delivered and are lost if the process dies"}});
-            auto memory =
-                std::make_unique<Dispatcher>(delivery_threads, cfg.limits.max_pending_events);
+            auto memory = std::make_unique<Dispatcher>(delivery_threads,
+                                                       cfg.limits.max_pending_events, &metrics);
             dispatcher = memory.get();
             sink = std::move(memory);
         }
-        service.attach(*sink);
+        service.attach(*sink, &metrics);
+    }
+
+    // The one-line summary systemd shows in `systemctl status`.
+    std::string status_line() const {
+        const auto st = sink->stats();
+        return "STATUS=requests " + std::to_string(metrics.requests()) + ", deliveries " +
+               std::to_string(metrics.deliveries()) + ", backlog " + std::to_string(st.backlog) +
+               ", dead " + std::to_string(st.dead) + ", connections " +
+               std::to_string(metrics.open_connections());
+    }
+
+    // Runs on the I/O loop, so a wedged loop stops petting the watchdog and systemd restarts us.
+    void schedule_tick(std::chrono::milliseconds period, bool watchdog) {
+        tick_timer.expires_after(period);
+        tick_timer.async_wait([this, period, watchdog](const boost::system::error_code& ec) {
+            if (ec) return;
+            systemd::notify(watchdog ? "WATCHDOG=1\n" + status_line() : status_line());
+            schedule_tick(period, watchdog);
+        });
     }
 
     unsigned threads;
     asio::io_context ioc;
     asio::executor_work_guard<asio::io_context::executor_type> work;
+    asio::steady_timer tick_timer{ioc};
+    Metrics metrics;  // outlives the sink and the service, which count into it
     WebhookService service;
     Server server;
     std::unique_ptr<EventSink> sink;   // the spool, or the in-memory dispatcher
@@ -89,7 +118,21 @@ Daemon::~Daemon() {
 
 void Daemon::start() {
     const auto runtime = impl_->service.snapshot();
-    impl_->server.listen(runtime->config.listen);
+    const auto& cfg = runtime->config;
+    // Sockets passed by systemd take the place of the configured addresses of their kind.
+    bool passed_webhook = false;
+    bool passed_admin = false;
+    for (const auto& s : systemd::listen_fds()) {
+        const auto role = s.name == "admin" ? Listener::admin : Listener::webhook;
+        impl_->server.adopt(s.fd, role);
+        (role == Listener::admin ? passed_admin : passed_webhook) = true;
+    }
+    if (passed_webhook) {
+        log::info("socket activation: using the sockets systemd passed instead of \"listen\"");
+    } else {
+        impl_->server.listen(cfg.listen);
+    }
+    if (!passed_admin) impl_->server.listen(cfg.admin.listen, Listener::admin);
     impl_->server.start_accepting();
     for (unsigned i = 0; i < impl_->threads; ++i) {
         impl_->io_threads.emplace_back([this] { impl_->ioc.run(); });
@@ -98,8 +141,18 @@ void Daemon::start() {
     impl_->service.set_ready(true);
     log::info("ready", {{"version", SIGSCI_VERSION},
                         {"threads", impl_->threads},
-                        {"endpoints", runtime->config.endpoints.size()},
-                        {"handlers", runtime->config.handlers.size()}});
+                        {"endpoints", cfg.endpoints.size()},
+                        {"handlers", cfg.handlers.size()}});
+    systemd::notify("READY=1\n" + impl_->status_line());
+    if (const auto interval = systemd::watchdog_interval()) {
+        const auto period =
+            std::max(std::chrono::milliseconds(1),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(*interval));
+        log::info("watchdog", {{"interval_ms", period.count()}});
+        impl_->schedule_tick(period, true);
+    } else if (std::getenv("NOTIFY_SOCKET") != nullptr) {
+        impl_->schedule_tick(std::chrono::seconds(5), false);  // STATUS= only
+    }
 }
 
 std::vector<std::string> Daemon::bound_addresses() const {
@@ -107,6 +160,9 @@ std::vector<std::string> Daemon::bound_addresses() const {
 }
 std::vector<std::uint16_t> Daemon::ports() const {
     return impl_->server.ports();
+}
+std::vector<std::uint16_t> Daemon::admin_ports() const {
+    return impl_->server.ports(Listener::admin);
 }
 
 bool Daemon::reload() {
@@ -116,6 +172,19 @@ bool Daemon::reload() {
 
 bool Daemon::reload(Result<Config> next) {
     std::lock_guard lock(impl_->reload_mutex);
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    systemd::notify("RELOADING=1\nMONOTONIC_USEC=" +
+                    std::to_string(static_cast<std::uint64_t>(now.tv_sec) * 1000000u +
+                                   static_cast<std::uint64_t>(now.tv_nsec) / 1000u));
+    const bool ok = reload_locked(std::move(next));
+    impl_->metrics.reload(ok);
+    // Ready again either way: a rejected config leaves the old one serving.
+    systemd::notify("READY=1\n" + impl_->status_line());
+    return ok;
+}
+
+bool Daemon::reload_locked(Result<Config> next) {
     const auto current = impl_->service.snapshot();
     auto keep_old = [&](const std::string& why) {
         log::error("reload failed", {{"error", why}, {"config", current->config.file.string()}});
@@ -151,6 +220,8 @@ bool Daemon::reload(Result<Config> next) {
 void Daemon::shutdown() {
     if (!impl_->started || impl_->stopped) return;
     impl_->stopped = true;
+    systemd::notify("STOPPING=1");
+    asio::post(impl_->ioc, [this] { impl_->tick_timer.cancel(); });
     const auto drain = impl_->service.snapshot()->config.limits.drain_timeout;
     const auto deadline = std::chrono::steady_clock::now() + drain;
     log::info("stopping", {{"drain_timeout_ms", drain.count()}});

@@ -4,14 +4,17 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "sigsci/metrics.hpp"
+
 namespace sigsci {
 
 struct Dispatcher::Impl {
-    Impl(unsigned threads, std::uint64_t max_pending)
-        : pool(threads), max_pending_events(max_pending) {}
+    Impl(unsigned threads, std::uint64_t max_pending, Metrics* m)
+        : pool(threads), max_pending_events(max_pending), metrics(m) {}
 
     DeliveryPool pool;
     std::atomic<std::uint64_t> max_pending_events;
+    Metrics* const metrics;
     mutable std::mutex mutex;
     std::condition_variable idle;
     std::uint64_t pending = 0;     // events with a delivery still running; guarded by mutex
@@ -19,8 +22,8 @@ struct Dispatcher::Impl {
     bool stopped = false;
 };
 
-Dispatcher::Dispatcher(unsigned threads, std::uint64_t max_pending_events)
-    : impl_(std::make_shared<Impl>(threads, max_pending_events)) {}
+Dispatcher::Dispatcher(unsigned threads, std::uint64_t max_pending_events, Metrics* metrics)
+    : impl_(std::make_shared<Impl>(threads, max_pending_events, metrics)) {}
 
 Dispatcher::~Dispatcher() {
     stop(std::chrono::milliseconds(0));
@@ -43,8 +46,9 @@ void Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers,
         const std::string name = handler->name();
         impl_->pool.run(event, std::move(handler),
                         [impl = impl_, event, name, remaining](DeliveryOutcome outcome, double ms) {
-                            log_delivery(*event, name, 1, outcome,
-                                         outcome.ok ? "delivered" : "failed", ms);
+                            const auto status = outcome.ok ? "delivered" : "failed";
+                            log_delivery(*event, name, 1, outcome, status, ms);
+                            if (impl->metrics) impl->metrics->delivery(name, status, ms / 1000);
                             std::lock_guard lock(impl->mutex);
                             --impl->deliveries;
                             if (remaining->fetch_sub(1) == 1 && --impl->pending == 0) {

@@ -14,12 +14,15 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <unordered_set>
 
 #include "sigsci/log.hpp"
+#include "sigsci/metrics.hpp"
 #include "sigsci/webhook_service.hpp"
 
 namespace sigsci {
@@ -40,15 +43,18 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto linger_time = 1000ms;
 constexpr std::size_t linger_bytes = 1024 * 1024;
 constexpr std::size_t path_log_chars = 256;
+// The admin listener is for a scraper or two, never a crowd.
+constexpr std::size_t max_admin_connections = 64;
 
 // One accepted socket. Its timer enforces deadlines without closing the socket (unlike
 // beast::tcp_stream), so a slow client can still be told 408.
 struct Connection : std::enable_shared_from_this<Connection> {
-    explicit Connection(tcp::socket s)
-        : socket(std::move(s)), timer(socket.get_executor()), remote_address(remote()) {}
+    Connection(tcp::socket s, Listener r)
+        : socket(std::move(s)), timer(socket.get_executor()), role(r), remote_address(remote()) {}
 
     tcp::socket socket;
     asio::steady_timer timer;
+    const Listener role;
     std::uint64_t generation = 0;  // lets a stale timer completion know it is stale
     bool timed_out = false;
     bool idle = false;  // waiting for the first byte of the next request
@@ -126,9 +132,14 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
 
     asio::io_context& ioc;
     WebhookService& service;
-    std::vector<std::shared_ptr<tcp::acceptor>> acceptors;
-    std::vector<std::string> bound;
+    struct Bound {
+        std::shared_ptr<tcp::acceptor> acceptor;
+        Listener role;
+        std::string address;  // e.g. "127.0.0.1:43123"
+    };
+    std::vector<Bound> acceptors;
     std::atomic<bool> draining{false};
+    std::size_t admin_connections = 0;  // guarded by mutex
 
     mutable std::mutex mutex;
     std::condition_variable all_closed;
@@ -136,18 +147,37 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
 
     bool try_register(const std::shared_ptr<Connection>& c, std::uint64_t max_connections) {
         std::lock_guard lock(mutex);
-        if (connections.size() >= max_connections) return false;
+        if (c->role == Listener::admin) {
+            if (admin_connections >= max_admin_connections) return false;
+            ++admin_connections;
+        } else {
+            if (connections.size() - admin_connections >= max_connections) return false;
+            if (auto* m = service.metrics()) m->connection_opened();
+        }
         connections.insert(c);
         return true;
     }
 
     void unregister(const std::shared_ptr<Connection>& c) {
         std::lock_guard lock(mutex);
-        connections.erase(c);
+        if (connections.erase(c) == 0) return;
+        if (c->role == Listener::admin) {
+            --admin_connections;
+        } else if (auto* m = service.metrics()) {
+            m->connection_closed();
+        }
         if (connections.empty()) all_closed.notify_all();
     }
 
-    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor);
+    void add(std::shared_ptr<tcp::acceptor> acceptor, Listener role) {
+        const auto local = acceptor->local_endpoint();
+        const auto host = local.address().to_string();
+        acceptors.push_back({std::move(acceptor), role,
+                             (local.address().is_v6() ? "[" + host + "]" : host) + ":" +
+                                 std::to_string(local.port())});
+    }
+
+    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, Listener role);
     asio::awaitable<void> session(std::shared_ptr<Connection> c);
     asio::awaitable<void> refuse(std::shared_ptr<Connection> c);
     asio::awaitable<bool> write_response(Connection& c, const Response& r, unsigned version,
@@ -155,7 +185,8 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     asio::awaitable<void> linger_and_close(Connection& c);
 };
 
-asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> acceptor) {
+asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
+                                                Listener role) {
     auto self = shared_from_this();
     for (;;) {
         auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(ioc), use_tuple);
@@ -169,7 +200,7 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
         }
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        auto c = std::make_shared<Connection>(std::move(socket));
+        auto c = std::make_shared<Connection>(std::move(socket), role);
         const auto max = service.snapshot()->config.limits.max_connections;
         if (!try_register(c, max)) {
             asio::co_spawn(c->socket.get_executor(), refuse(c), asio::detached);
@@ -213,7 +244,8 @@ asio::awaitable<bool> Server::Impl::write_response(Connection& c, const Response
                                                    std::chrono::milliseconds timeout) {
     http::response<http::string_body> res{static_cast<http::status>(r.status), version};
     res.set(http::field::server, "sigsci-webhookd");
-    res.set(http::field::content_type, "application/json");
+    res.set(http::field::content_type,
+            r.content_type.empty() ? std::string_view("application/json") : r.content_type);
     if (!r.allow.empty()) res.set(http::field::allow, r.allow);
     res.keep_alive(keep_alive);
     res.body() = r.body;
@@ -286,7 +318,12 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
             if (parser.content_length()) content_length = *parser.content_length();
             const RequestHead head{req.method_string(), req.target(), content_length,
                                    req[http::field::transfer_encoding]};
-            auto decision = service.route_head(*runtime, head);
+            std::variant<Response, const EndpointConfig*> decision;
+            if (c->role == Listener::admin) {
+                decision = service.route_admin(head);
+            } else {
+                decision = service.route_head(*runtime, head);
+            }
             if (auto* early = std::get_if<Response>(&decision)) {
                 res = std::move(*early);
                 read_all = parser.is_done() && !res.close;
@@ -334,12 +371,17 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         }
         c->disarm();
 
+        // Counted before the client can see the answer, so a scrape that follows it agrees.
+        if (c->role == Listener::webhook) service.count(res);
         const bool written =
             co_await write_response(*c, res, version, keep_alive, limits.request_timeout);
         const double ms =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
                 .count();
-        const auto level = res.status < 400 ? log::Level::info : log::Level::warn;
+        // A scraper asks every few seconds: its requests are not worth an info line each.
+        const auto level = c->role == Listener::admin ? log::Level::debug
+                           : res.status < 400         ? log::Level::info
+                                                      : log::Level::warn;
         if (log::enabled(level)) {
             log::Fields fields{{"remote", remote}};
             if (!method.empty()) fields["method"] = method;
@@ -369,7 +411,7 @@ Server::Server(asio::io_context& ioc, WebhookService& service)
 
 Server::~Server() = default;
 
-void Server::listen(const std::vector<ListenConfig>& addresses) {
+void Server::listen(const std::vector<ListenConfig>& addresses, Listener role) {
     for (const auto& a : addresses) {
         error_code ec;
         const auto addr = asio::ip::make_address(a.host, ec);
@@ -392,35 +434,56 @@ void Server::listen(const std::vector<ListenConfig>& addresses) {
         if (ec) fail("bind");
         acceptor->listen(asio::socket_base::max_listen_connections, ec);
         if (ec) fail("listen");
-        const auto local = acceptor->local_endpoint();
-        const auto host = local.address().to_string();
-        impl_->bound.push_back((local.address().is_v6() ? "[" + host + "]" : host) + ":" +
-                               std::to_string(local.port()));
-        impl_->acceptors.push_back(std::move(acceptor));
+        impl_->add(std::move(acceptor), role);
     }
 }
 
-std::vector<std::string> Server::bound_addresses() const {
-    return impl_->bound;
+void Server::adopt(int fd, Listener role) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+        throw std::runtime_error("socket activation: descriptor " + std::to_string(fd) +
+                                 ": getsockname failed");
+    }
+    auto acceptor = std::make_shared<tcp::acceptor>(asio::make_strand(impl_->ioc));
+    error_code ec;
+    acceptor->assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+    if (ec) {
+        throw std::runtime_error("socket activation: descriptor " + std::to_string(fd) + ": " +
+                                 ec.message());
+    }
+    impl_->add(std::move(acceptor), role);
 }
 
-std::vector<std::uint16_t> Server::ports() const {
+std::vector<std::string> Server::bound_addresses(Listener role) const {
+    std::vector<std::string> out;
+    for (const auto& b : impl_->acceptors) {
+        if (b.role == role) out.push_back(b.address);
+    }
+    return out;
+}
+
+std::vector<std::uint16_t> Server::ports(Listener role) const {
     std::vector<std::uint16_t> out;
-    for (const auto& a : impl_->acceptors) out.push_back(a->local_endpoint().port());
+    for (const auto& b : impl_->acceptors) {
+        if (b.role == role) out.push_back(b.acceptor->local_endpoint().port());
+    }
     return out;
 }
 
 void Server::start_accepting() {
-    for (std::size_t i = 0; i < impl_->acceptors.size(); ++i) {
-        log::info("listening", {{"address", impl_->bound[i]}});
-        asio::co_spawn(impl_->acceptors[i]->get_executor(), impl_->accept_loop(impl_->acceptors[i]),
+    for (const auto& b : impl_->acceptors) {
+        log::info("listening", {{"address", b.address},
+                                {"role", b.role == Listener::admin ? "admin" : "webhook"}});
+        asio::co_spawn(b.acceptor->get_executor(), impl_->accept_loop(b.acceptor, b.role),
                        asio::detached);
     }
 }
 
 void Server::stop_accepting() {
     impl_->draining.store(true);
-    for (auto& acceptor : impl_->acceptors) {
+    for (const auto& b : impl_->acceptors) {
+        const auto acceptor = b.acceptor;
         asio::post(acceptor->get_executor(), [acceptor] {
             error_code ignored;
             acceptor->close(ignored);

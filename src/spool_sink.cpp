@@ -16,6 +16,7 @@
 
 #include "sigsci/clock.hpp"
 #include "sigsci/log.hpp"
+#include "sigsci/metrics.hpp"
 
 namespace sigsci {
 
@@ -122,13 +123,14 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     };
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
-    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l)
+    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m)
         : config(std::move(c)),
           writer_db(open_sqlite_spool(config.path, {config.max_bytes})),
           reader_db(open_sqlite_spool(config.path)),
           pool(threads),
           max_pending_events(max_pending),
           lookup(std::move(l)),
+          metrics(m),
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
@@ -137,6 +139,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     DeliveryPool pool;
     std::uint64_t max_pending_events;
     HandlerLookup lookup;
+    Metrics* const metrics;  // may be null
 
     mutable std::mutex mutex;
     std::condition_variable writer_cv;
@@ -394,8 +397,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             extra["retry_in_ms"] = delay.count();
         }
         auto write_log = [event, handler, attempt, outcome = std::move(outcome), status, ms,
-                          extra = std::move(extra)] {
+                          extra = std::move(extra), m = metrics] {
             log_delivery(*event, handler, attempt, outcome, status, ms, extra);
+            if (m) m->delivery(handler, status, ms / 1000);
         };
         std::lock_guard lock(mutex);
         outcomes.push_back({std::move(u), event->id, std::move(write_log)});
@@ -508,9 +512,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 };
 
 SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
-                     std::uint64_t max_pending_events, HandlerLookup lookup)
+                     std::uint64_t max_pending_events, HandlerLookup lookup, Metrics* metrics)
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
-                                   std::move(lookup))) {
+                                   std::move(lookup), metrics)) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {

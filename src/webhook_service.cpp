@@ -6,6 +6,7 @@
 #include "sigsci/envelope.hpp"
 #include "sigsci/event.hpp"
 #include "sigsci/log.hpp"
+#include "sigsci/metrics.hpp"
 #include "sigsci/router.hpp"
 #include "sigsci/signature.hpp"
 
@@ -51,20 +52,56 @@ Response error_response(int status, std::string_view message) {
 WebhookService::WebhookService(std::shared_ptr<const Runtime> runtime)
     : runtime_(std::move(runtime)) {}
 
+namespace {
+Response get_only() {
+    auto r = error_response(405, "method not allowed");
+    r.allow = "GET";
+    return r;
+}
+}  // namespace
+
+Response WebhookService::healthz() const {
+    if (!ready_.load()) return error_response(503, "not ready");
+    const auto st = sink_ ? sink_->stats() : SinkStats{};
+    Response r;
+    r.body = Json{{"status", "ok"}, {"backlog", st.backlog}, {"dead", st.dead}}.dump();
+    return r;
+}
+
+Response WebhookService::route_admin(const RequestHead& head) const {
+    const auto path = head.target.substr(0, head.target.find('?'));
+    if (path != "/metrics" && path != "/healthz") return error_response(404, "not found");
+    if (head.method != "GET") return get_only();
+    if (path == "/healthz") return healthz();
+    Response r;
+    r.body = metrics_ ? metrics_->render(sink_ ? sink_->stats() : SinkStats{}) : std::string();
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    return r;
+}
+
+void WebhookService::count(const Response& r) const {
+    if (metrics_ == nullptr) return;
+    metrics_->request(r.endpoint, r.status);
+    if (r.endpoint.empty()) return;
+    if (r.status == 401) {
+        std::string_view reason = r.error;  // "signature mismatch" -> "mismatch"
+        if (reason.starts_with("signature ")) reason.remove_prefix(10);
+        metrics_->signature_failure(r.endpoint, reason);
+    } else if (r.status == 200 && !r.type.empty()) {
+        if (r.duplicate) {
+            metrics_->duplicate(r.endpoint);
+        } else {
+            metrics_->event(r.endpoint, r.type);
+        }
+    }
+}
+
 std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     const Runtime& runtime, const RequestHead& head) const {
     const auto path = head.target.substr(0, head.target.find('?'));
     if (path == "/healthz") {
-        if (head.method != "GET") {
-            auto r = error_response(405, "method not allowed");
-            r.allow = "GET";
-            return r;
-        }
-        if (!ready_.load()) return error_response(503, "not ready");
-        const auto st = sink_ ? sink_->stats() : SinkStats{};
-        Response r;
-        r.body = Json{{"status", "ok"}, {"backlog", st.backlog}, {"dead", st.dead}}.dump();
-        return r;
+        if (head.method != "GET") return get_only();
+        return healthz();
     }
     const EndpointConfig* endpoint = runtime.config.find_endpoint(path);
     if (endpoint == nullptr) return error_response(404, "not found");

@@ -378,3 +378,48 @@ TEST(Config, LoadConfigNamesAMissingFile) {
 
 }  // namespace
 }  // namespace sigsci
+
+namespace sigsci {
+namespace {
+
+TEST(Config, AdminListenerIsOffUnlessConfigured) {
+    auto r = parse(config_text(one_endpoint, one_handler));
+    ASSERT_TRUE(r) << r.error();
+    EXPECT_TRUE(r.value().admin.listen.empty());
+}
+
+TEST(Config, AdminListenerDefaultsToLoopback9102) {
+    auto r = parse(config_text(one_endpoint, one_handler, R"("admin": {},)"));
+    ASSERT_TRUE(r) << r.error();
+    ASSERT_EQ(r.value().admin.listen.size(), 1u);
+    EXPECT_EQ(r.value().admin.listen[0].address, "127.0.0.1:9102");
+    EXPECT_EQ(r.value().admin.listen[0].port, 9102);
+    for (const auto& w : r.value().warnings) EXPECT_EQ(w.find("admin"), std::string::npos) << w;
+}
+
+TEST(Config, AdminListenerBeyondLoopbackIsWarnedAbout) {
+    auto r = parse(config_text(one_endpoint, one_handler,
+                               R"("admin": {"listen": ["[::1]:0", "0.0.0.0:9102"]},)"));
+    ASSERT_TRUE(r) << r.error();
+    std::vector<std::string> admin_warnings;
+    for (const auto& w : r.value().warnings) {
+        if (w.starts_with("admin")) admin_warnings.push_back(w);
+    }
+    EXPECT_EQ(admin_warnings,
+              std::vector<std::string>{"admin.listen[1]: 0.0.0.0:9102 is not loopback; /metrics "
+                                       "will be reachable from other hosts"});
+}
+
+TEST(Config, AdminListenerErrorsNameTheKeyPath) {
+    expect_error(config_text(one_endpoint, one_handler, R"("admin": {"listen": []},)"),
+                 "test.json: admin.listen: needs at least one address (leave out \"admin\" to "
+                 "have no admin listener)");
+    expect_error(config_text(one_endpoint, one_handler, R"("admin": {"listen": ["localhost:1"]},)"),
+                 "test.json: admin.listen[0]: \"localhost\" is not an IPv4 address (IPv6 goes in "
+                 "brackets; host names are not resolved)");
+    expect_error(config_text(one_endpoint, one_handler, R"("admin": {"port": 1},)"),
+                 "test.json: admin.port: unknown key");
+}
+
+}  // namespace
+}  // namespace sigsci

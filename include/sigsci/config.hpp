@@ -52,6 +52,19 @@ struct SpoolConfig {
     bool operator==(const SpoolConfig&) const = default;
 };
 
+// The admin listener: GET /metrics and GET /healthz, apart from the webhook listeners.
+struct AdminConfig {
+    std::vector<ListenConfig> listen;  // empty: no admin listener
+
+    bool operator==(const AdminConfig& o) const {
+        if (listen.size() != o.listen.size()) return false;
+        for (std::size_t i = 0; i < listen.size(); ++i) {
+            if (listen[i].address != o.listen[i].address) return false;
+        }
+        return true;
+    }
+};
+
 struct LogSettings {
     log::Format format = log::Format::json;
     log::Level level = log::Level::info;
@@ -77,6 +90,7 @@ struct Config {
     std::vector<EndpointConfig> endpoints;
     std::vector<HandlerSpec> handlers;
     SpoolConfig spool;
+    AdminConfig admin;
     std::vector<std::string> warnings;  // to be logged once logging is set up
 
     const EndpointConfig* find_endpoint(std::string_view path) const;

@@ -20,10 +20,12 @@ class Daemon {
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
 
-    // Binds every listener (throws std::runtime_error naming the address) and starts serving.
+    // Binds every listener (throws std::runtime_error naming the address), or takes the sockets
+    // systemd passed (socket activation), starts serving, and tells systemd READY=1.
     void start();
     std::vector<std::string> bound_addresses() const;
     std::vector<std::uint16_t> ports() const;
+    std::vector<std::uint16_t> admin_ports() const;
 
     // SIGHUP: re-reads the config file. A bad config is logged and the old one keeps serving;
     // files are reopened either way.
@@ -41,6 +43,8 @@ class Daemon {
     std::size_t connection_count() const;
 
   private:
+    bool reload_locked(Result<Config> next);
+
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

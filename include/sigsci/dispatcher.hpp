@@ -14,6 +14,8 @@
 
 namespace sigsci {
 
+class Metrics;
+
 struct SubmitResult {
     enum class Status { accepted, duplicate, overloaded, failed };
     Status status = Status::accepted;
@@ -49,7 +51,8 @@ class EventSink {
 // The spool-disabled sink: events live in memory until delivered, one attempt each.
 class Dispatcher final : public EventSink {
   public:
-    Dispatcher(unsigned threads, std::uint64_t max_pending_events);
+    // `metrics`, if given, counts each delivery's outcome and must outlive the dispatcher.
+    Dispatcher(unsigned threads, std::uint64_t max_pending_events, Metrics* metrics = nullptr);
     ~Dispatcher() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;

@@ -17,6 +17,9 @@ namespace sigsci {
 
 class WebhookService;
 
+// What a listener serves: webhooks, or the admin endpoints (/metrics, /healthz).
+enum class Listener { webhook, admin };
+
 class Server {
   public:
     Server(boost::asio::io_context& ioc, WebhookService& service);
@@ -25,10 +28,12 @@ class Server {
     Server& operator=(const Server&) = delete;
 
     // Binds every address; throws std::runtime_error naming the address that failed.
-    void listen(const std::vector<ListenConfig>& addresses);
-    // The bound addresses, e.g. "127.0.0.1:43123", in config order (port 0 resolved).
-    std::vector<std::string> bound_addresses() const;
-    std::vector<std::uint16_t> ports() const;
+    void listen(const std::vector<ListenConfig>& addresses, Listener role = Listener::webhook);
+    // Serves on a listening socket passed by systemd (socket activation); takes ownership.
+    void adopt(int fd, Listener role);
+    // The bound addresses, e.g. "127.0.0.1:43123", in the order added (port 0 resolved).
+    std::vector<std::string> bound_addresses(Listener role = Listener::webhook) const;
+    std::vector<std::uint16_t> ports(Listener role = Listener::webhook) const;
 
     void start_accepting();
     // Closes the listeners, then idle keep-alive connections; requests in flight finish.

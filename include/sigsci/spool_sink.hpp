@@ -18,8 +18,9 @@ class SpoolSink final : public EventSink {
     using HandlerLookup = std::function<HandlerPtr(const std::string& name)>;
 
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
+    // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
     SpoolSink(SpoolConfig config, unsigned delivery_threads, std::uint64_t max_pending_events,
-              HandlerLookup lookup);
+              HandlerLookup lookup, Metrics* metrics = nullptr);
     ~SpoolSink() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;

@@ -38,9 +38,10 @@ struct RequestHead {
 
 struct Response {
     int status = 200;
-    std::string body;    // small JSON
-    std::string allow;   // the Allow header, for 405
-    bool close = false;  // the connection cannot carry another request after this answer
+    std::string body;          // small JSON
+    std::string content_type;  // empty: application/json
+    std::string allow;         // the Allow header, for 405
+    bool close = false;        // the connection cannot carry another request after this answer
     bool duplicate = false;
     // For the request log line only.
     std::string endpoint;
@@ -52,6 +53,8 @@ struct Response {
 Response error_response(int status, std::string_view message);
 
 // A verified, parsed, routed event, ready to be kept.
+class Metrics;
+
 struct Accepted {
     EventPtr event;
     std::vector<HandlerPtr> handlers;  // empty: unrouted
@@ -60,8 +63,12 @@ struct Accepted {
 class WebhookService {
   public:
     explicit WebhookService(std::shared_ptr<const Runtime> runtime);
-    // The sink must be attached before requests arrive.
-    void attach(EventSink& sink) { sink_ = &sink; }
+    // The sink (and metrics, if counted) must be attached before requests arrive.
+    void attach(EventSink& sink, Metrics* metrics = nullptr) {
+        sink_ = &sink;
+        metrics_ = metrics;
+    }
+    Metrics* metrics() const { return metrics_; }
 
     std::shared_ptr<const Runtime> snapshot() const { return runtime_.load(); }
     void replace(std::shared_ptr<const Runtime> runtime) { runtime_.store(std::move(runtime)); }
@@ -71,6 +78,12 @@ class WebhookService {
     // endpoint whose body should be read.
     std::variant<Response, const EndpointConfig*> route_head(const Runtime& runtime,
                                                              const RequestHead& head) const;
+
+    // The admin listener: GET /metrics (Prometheus text) and GET /healthz; 404 otherwise.
+    Response route_admin(const RequestHead& head) const;
+
+    // Counts an answered webhook request in the metrics (requests, 401s, events, duplicates).
+    void count(const Response& answered) const;
 
     // Steps 3-4: verify the raw body, then parse and route it: an answer now (401, 400), or
     // an event to keep.
@@ -85,8 +98,11 @@ class WebhookService {
     Response answer(const Event& event, bool unrouted, const SubmitResult& result) const;
 
   private:
+    Response healthz() const;
+
     std::atomic<std::shared_ptr<const Runtime>> runtime_;
     EventSink* sink_ = nullptr;
+    Metrics* metrics_ = nullptr;
     std::atomic<bool> ready_{false};
 };
 
