@@ -2,7 +2,7 @@
 # installs wrk, makes a work dir that is removed (and its daemon stopped) on exit, and writes
 # BODY_COUNT distinct signed bodies to $work/bodies.txt under the key in $work/key.
 bench_setup() {
-    bin=build/dev/sigsci-webhookd
+    bin=${SIGSCI_BIN:-build/dev/sigsci-webhookd}  # SIGSCI_BIN: another build to compare
     [ -x "$bin" ] || { echo "build first: cmake --preset dev && cmake --build --preset dev" >&2; exit 2; }
     command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
     work=$(mktemp -d)

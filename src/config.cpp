@@ -312,6 +312,10 @@ SpoolConfig parse_spool(ConfigObject obj, const ConfigContext& ctx) {
 
 }  // namespace
 
+std::string read_secret_source(const ConfigNode& node, const ConfigContext& ctx) {
+    return read_key_source(node, ctx);
+}
+
 const EndpointConfig* Config::find_endpoint(std::string_view path) const {
     for (const auto& ep : endpoints) {
         if (ep.path == path) return &ep;

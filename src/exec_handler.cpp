@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "sigsci/handler_registry.hpp"
+#include "sigsci/reactor.hpp"
 
 namespace sigsci {
 
@@ -35,25 +36,6 @@ constexpr const char* base_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 // After the command exits, how long its output pipes may stay open (held by something that left
 // its process group) before they are closed on it.
 constexpr auto output_drain_time = std::chrono::milliseconds(1000);
-
-// One thread watches the pipes and pidfds of every child of every exec handler, so no thread
-// blocks per child. It lives as long as the process: handlers come and go with reloads, and the
-// last one to go may well be finishing on this very thread.
-asio::io_context& process_reactor() {
-    struct Reactor {
-        Reactor() {
-            // A child that exits without reading its stdin must fail our write with EPIPE, not
-            // kill the daemon.
-            std::signal(SIGPIPE, SIG_IGN);
-            thread = std::thread([this] { ioc.run(); });
-        }
-        asio::io_context ioc{1};
-        asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
-        std::thread thread;
-    };
-    static Reactor* reactor = new Reactor;  // never destroyed, on purpose
-    return reactor->ioc;
-}
 
 // glibc 2.36's <sys/pidfd.h> lacks extern "C" for C++, so call the (Linux 5.3+) syscall itself.
 int open_pidfd(pid_t pid) {
@@ -86,6 +68,23 @@ bool make_pipe(int fds[2]) {
 }
 
 }  // namespace
+
+// The pipes and pidfds of every exec child, and every forward connection, are watched here.
+asio::io_context& handler_reactor() {
+    struct Reactor {
+        Reactor() {
+            // A child that exits without reading its stdin must fail our write with EPIPE, not
+            // kill the daemon.
+            std::signal(SIGPIPE, SIG_IGN);
+            thread = std::thread([this] { ioc.run(); });
+        }
+        asio::io_context ioc{1};
+        asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
+        std::thread thread;
+    };
+    static Reactor* reactor = new Reactor;  // never destroyed, on purpose
+    return reactor->ioc;
+}
 
 Result<std::vector<std::string>> expand_argv(const std::vector<std::string>& command,
                                              const Json& envelope) {
@@ -271,7 +270,7 @@ struct ExecHandler::Job : std::enable_shared_from_this<Job> {
 
 ExecHandler::ExecHandler(std::string name, ExecConfig config)
     : Handler(std::move(name)), config_(std::move(config)) {
-    process_reactor();  // start it now, not inside the first delivery
+    handler_reactor();  // start it now, not inside the first delivery
 }
 
 std::size_t ExecHandler::running() const {
@@ -285,7 +284,7 @@ void ExecHandler::deliver(const EventPtr& event, DeliveryDone done) {
         done({false, argv.error() + "; the command was not run", Json::object()});
         return;
     }
-    auto job = std::make_shared<Job>(process_reactor());
+    auto job = std::make_shared<Job>(handler_reactor());
     job->handler = weak_from_this();
     job->event = event;
     job->argv = std::move(argv).value();

@@ -9,6 +9,7 @@ std::span<const HandlerKind> handler_kinds() {
         HandlerKind{"log", &parse_log_handler},
         HandlerKind{"file", &parse_file_handler},
         HandlerKind{"exec", &parse_exec_handler},
+        HandlerKind{"forward", &parse_forward_handler},
     };
     return kinds;
 }

@@ -381,7 +381,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         DeliveryUpdate u{seq, handler, DeliveryState::delivered, attempt, 0, outcome.error};
         std::string status = "delivered";
         log::Fields extra = log::Fields::object();
-        if (!outcome.ok && attempt >= config.retry.max_attempts) {
+        if (!outcome.ok && (outcome.permanent || attempt >= config.retry.max_attempts)) {
             u.state = DeliveryState::dead;
             status = "dead";
         } else if (!outcome.ok) {
@@ -390,7 +390,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 std::lock_guard lock(mutex);
                 r = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
             }
-            const auto delay = config.retry.delay_after(attempt, r);
+            // A Retry-After is honoured up to max_delay_ms, never below the usual backoff.
+            const auto delay = std::max(config.retry.delay_after(attempt, r),
+                                        std::min(outcome.retry_after, config.retry.max_delay));
             u.state = DeliveryState::pending;
             u.next_attempt_ms = now_unix_ms() + delay.count();
             status = "failed";

@@ -276,7 +276,7 @@ TEST(Config, RoutesNeedTypesAndHandlers) {
 TEST(Config, HandlerKindsAreValidated) {
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "carrier-pigeon"}})"),
                  "test.json: handlers.audit.kind: unknown handler kind \"carrier-pigeon\" (this "
-                 "version has: log, file, exec)");
+                 "version has: log, file, exec, forward)");
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "file"}})"),
                  "test.json: handlers.audit: missing required key \"path\"");
     expect_error(config_text(one_endpoint, R"({"audit": {"kind": "log", "payload": "most"}})"),

@@ -1,6 +1,7 @@
 #pragma once
 // A handler acts on one event. The dispatcher calls deliver() on a delivery thread, never on an
 // I/O thread, and the handler calls `done` exactly once, possibly later from another thread.
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -13,6 +14,10 @@ struct DeliveryOutcome {
     bool ok = true;
     std::string error;              // why it failed; empty when ok
     Json details = Json::object();  // extra fields for the delivery log line (exit status, output)
+    // A failure no retry can fix (a 4xx from a forward destination): dead-lettered at once.
+    bool permanent = false;
+    // The destination asked for at least this long before the next attempt (Retry-After).
+    std::chrono::milliseconds retry_after{0};
 };
 
 using DeliveryDone = std::function<void(DeliveryOutcome)>;

@@ -42,5 +42,10 @@ HandlerSpec parse_file_handler(const std::string& name, ConfigObject& cfg,
                                const ConfigContext& ctx);
 HandlerSpec parse_exec_handler(const std::string& name, ConfigObject& cfg,
                                const ConfigContext& ctx);
+HandlerSpec parse_forward_handler(const std::string& name, ConfigObject& cfg,
+                                  const ConfigContext& ctx);
+
+// A secret from one of the signing-key sources: {"file"}, {"env"}, {"credential"}, {"value"}.
+std::string read_secret_source(const ConfigNode& node, const ConfigContext& ctx);
 
 }  // namespace sigsci
