@@ -9,9 +9,13 @@ namespace sigsci {
 
 namespace {
 
-bool is_ipv6(const std::string& host) {
+bool is_ip(const std::string& host, int family) {
     unsigned char buf[16];
-    return inet_pton(AF_INET6, host.c_str(), buf) == 1;
+    return inet_pton(family, host.c_str(), buf) == 1;
+}
+
+bool is_ipv6(const std::string& host) {
+    return is_ip(host, AF_INET6);
 }
 
 // One piece of a template string: literal text, or a pointer to substitute.
@@ -180,6 +184,7 @@ Result<Url> parse_url(std::string_view text) {
             });
         if (!valid_name) return Error{"has no valid host"};
     }
+    u.ip_literal = is_ipv6(u.host) || is_ip(u.host, AF_INET);
     u.port = u.tls ? 443 : 80;
     if (!port_text.empty() || authority.ends_with(":")) {
         if (port_text.empty() || port_text.size() > 5 ||

@@ -16,8 +16,6 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
-#include <arpa/inet.h>
-
 #include <atomic>
 #include <deque>
 #include <set>
@@ -41,12 +39,6 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // A kept-alive connection unused for longer than this is closed rather than reused: servers
 // drop idle connections after a while, and a request sent into one that is closing fails.
 constexpr auto max_idle_time = std::chrono::seconds(30);
-
-bool is_ip_literal(const std::string& host) {
-    unsigned char buf[16];
-    return inet_pton(AF_INET, host.c_str(), buf) == 1 ||
-           inet_pton(AF_INET6, host.c_str(), buf) == 1;
-}
 
 struct Connection {
     std::unique_ptr<beast::tcp_stream> plain;
@@ -239,9 +231,9 @@ struct ForwardHandler::Impl : std::enable_shared_from_this<Impl> {
         c.tcp().socket().set_option(tcp::no_delay(true), ignored);
         if (!url.tls) co_return "";
         SSL* s = c.tls->native_handle();
-        if (!is_ip_literal(url.host)) SSL_set_tlsext_host_name(s, url.host.c_str());  // SNI
+        if (!url.ip_literal) SSL_set_tlsext_host_name(s, url.host.c_str());  // SNI
         if (!config.insecure_skip_verify) {
-            if (is_ip_literal(url.host)) {
+            if (url.ip_literal) {
                 X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), url.host.c_str());
             } else {
                 SSL_set1_host(s, url.host.c_str());
@@ -395,13 +387,6 @@ bool is_token(const std::string& s) {
     });
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return std::tolower(static_cast<unsigned char>(x)) ==
-                      std::tolower(static_cast<unsigned char>(y));
-           });
-}
-
 }  // namespace
 
 HandlerSpec parse_forward_handler(const std::string& name, ConfigObject& cfg,
@@ -436,9 +421,9 @@ HandlerSpec parse_forward_handler(const std::string& name, ConfigObject& cfg,
             if (!is_token(key)) value.fail("is not a valid header name");
             for (const char* reserved :
                  {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"}) {
-                if (iequals(key, reserved)) value.fail("is set by the handler itself");
+                if (beast::iequals(key, reserved)) value.fail("is set by the handler itself");
             }
-            if (c.sign_key && iequals(key, c.sign_header))
+            if (c.sign_key && beast::iequals(key, c.sign_header))
                 value.fail("is the signature header of \"sign\"");
             std::string v =
                 value.json().is_object() ? read_secret_source(value, ctx) : value.as_string();

@@ -51,11 +51,14 @@ TEST(ForwardUrl, ParsesSchemeHostPortAndTarget) {
     EXPECT_EQ(u.target, "/services/T0/B0/secret?x=1");
     EXPECT_EQ(u.origin(), "https://hooks.example.com:443");  // no path: it may be the secret
     EXPECT_EQ(u.host_header(), "hooks.example.com");
+    EXPECT_FALSE(u.ip_literal);
     auto v = parse_url("http://[::1]:8088").value();
     EXPECT_EQ(v.host, "::1");
     EXPECT_EQ(v.port, 8088);
     EXPECT_EQ(v.target, "/");
     EXPECT_EQ(v.host_header(), "[::1]:8088");
+    EXPECT_TRUE(v.ip_literal);
+    EXPECT_TRUE(parse_url("https://192.0.2.7/").value().ip_literal);
     EXPECT_EQ(parse_url("http://127.0.0.1:9000?q").value().target, "/?q");
 }
 
@@ -376,12 +379,7 @@ class ForwardDaemonTest : public ::testing::Test {
         return *daemons.back();
     }
 
-    bool logged(const std::function<bool(Json&)>& pred) {
-        return logs->wait_for([&](const std::string& l) {
-            auto j = Json::parse(l);
-            return pred(j);
-        });
-    }
+    bool logged(const std::function<bool(Json&)>& pred) { return logs->wait_for_record(pred); }
 
     test::TempDir dir;
     std::shared_ptr<test::MemorySink> logs;

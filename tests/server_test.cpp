@@ -80,12 +80,7 @@ class ServerTest : public ::testing::Test {
         return c.read_response();
     }
 
-    bool logged(const std::function<bool(Json&)>& pred) {
-        return logs->wait_for([&](const std::string& l) {
-            auto j = Json::parse(l);
-            return pred(j);
-        });
-    }
+    bool logged(const std::function<bool(Json&)>& pred) { return logs->wait_for_record(pred); }
 
     test::TempDir dir;
     std::shared_ptr<test::MemorySink> logs;

@@ -83,6 +83,16 @@ bool MemorySink::wait_for(const std::function<bool(const std::string&)>& pred,
                         [&] { return std::any_of(lines_.begin(), lines_.end(), pred); });
 }
 
+bool MemorySink::wait_for_record(const std::function<bool(Json&)>& pred,
+                                 std::chrono::milliseconds timeout) {
+    return wait_for(
+        [&](const std::string& line) {
+            auto record = Json::parse(line);
+            return pred(record);
+        },
+        timeout);
+}
+
 void MemorySink::sink_it_(const spdlog::details::log_msg& msg) {
     lines_.emplace_back(msg.payload.data(), msg.payload.size());
     cv_.notify_all();

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "sigsci/envelope.hpp"
+
 namespace sigsci::test {
 
 std::filesystem::path data_dir();
@@ -43,6 +45,9 @@ class MemorySink final : public spdlog::sinks::base_sink<std::mutex> {
     std::vector<std::string> lines();
     bool wait_for(const std::function<bool(const std::string&)>& pred,
                   std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    // The same over JSON log records (a non-const Json, so that a missing key reads as null).
+    bool wait_for_record(const std::function<bool(Json&)>& pred,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   protected:
     void sink_it_(const spdlog::details::log_msg& msg) override;

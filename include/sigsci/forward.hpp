@@ -12,8 +12,9 @@
 namespace sigsci {
 
 struct Url {
-    bool tls = false;  // https
-    std::string host;  // a DNS name or an IP literal (IPv6 without brackets)
+    bool tls = false;         // https
+    std::string host;         // a DNS name or an IP literal (IPv6 without brackets)
+    bool ip_literal = false;  // verified as an IP address, and sent no SNI
     std::uint16_t port = 0;
     std::string target;  // path and query, at least "/"
 
