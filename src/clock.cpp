@@ -61,6 +61,7 @@ std::optional<std::int64_t> parse_date_ms(const std::string& text) {
         return std::nullopt;
     }
     std::int64_t offset_s = 0;
+    std::int64_t frac_ms = 0;
     if (text.size() > 10) {
         int used = 0;
         if ((text[10] != 'T' && text[10] != 't' && text[10] != ' ') ||
@@ -70,7 +71,13 @@ std::optional<std::int64_t> parse_date_ms(const std::string& text) {
         std::size_t pos = 19;
         if (pos < text.size() && text[pos] == '.') {
             ++pos;
-            while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') ++pos;
+            const auto digits_from = pos;
+            while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') {
+                if (pos - digits_from < 3) frac_ms = frac_ms * 10 + (text[pos] - '0');
+                ++pos;
+            }
+            if (pos == digits_from) return std::nullopt;  // "12:00:00.Z"
+            for (auto n = pos - digits_from; n < 3; ++n) frac_ms *= 10;
         }
         const std::string zone = text.substr(pos);
         int oh = 0, om = 0;
@@ -92,7 +99,7 @@ std::optional<std::int64_t> parse_date_ms(const std::string& text) {
     tm.tm_hour = h;
     tm.tm_min = mi;
     tm.tm_sec = s;
-    return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1000;
+    return (static_cast<std::int64_t>(timegm(&tm)) - offset_s) * 1000 + frac_ms;
 }
 
 }  // namespace sigsci

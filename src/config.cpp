@@ -208,6 +208,19 @@ EndpointConfig parse_endpoint(const ConfigNode& node, const std::vector<HandlerS
             path_node.fail("must not contain spaces, control characters, '?' or '#'");
         }
     }
+    if (auto n = obj.get("max_age_s")) {
+        ep.replay.max_age = std::chrono::seconds(n->as_uint(1, 366ull * 24 * 3600));
+    }
+    if (auto n = obj.get("max_future_s")) {
+        if (ep.replay.max_age.count() == 0) n->fail("needs max_age_s");
+        ep.replay.max_future = std::chrono::seconds(n->as_uint(0, 24 * 3600));
+    }
+    if (auto n = obj.get("unparseable_created")) {
+        if (ep.replay.max_age.count() == 0) n->fail("needs max_age_s");
+        const auto v = n->as_string();
+        if (v != "reject" && v != "accept") n->fail("must be \"reject\" or \"accept\"");
+        ep.replay.accept_unparseable = v == "accept";
+    }
     auto keys_node = obj.require("signing_keys");
     auto keys = keys_node.as_array();
     if (keys.empty()) keys_node.fail("needs at least one key");

@@ -3,6 +3,7 @@
 #include <cctype>
 #include <chrono>
 
+#include "sigsci/clock.hpp"
 #include "sigsci/envelope.hpp"
 #include "sigsci/event.hpp"
 #include "sigsci/log.hpp"
@@ -52,6 +53,28 @@ Response error_response(int status, std::string_view message) {
 WebhookService::WebhookService(std::shared_ptr<const Runtime> runtime)
     : runtime_(std::move(runtime)) {}
 
+std::optional<std::string> replay_problem(const ReplayWindow& window, const Json& created,
+                                          std::chrono::system_clock::time_point now) {
+    const auto when = created.is_string() ? parse_date_ms(created.get<std::string>())
+                                          : std::optional<std::int64_t>{};
+    if (!when) {
+        if (window.accept_unparseable) return std::nullopt;
+        return std::string("stale: created is missing or not an RFC 3339 date");
+    }
+    const auto now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+    const auto age_s = (now_ms - *when) / 1000;
+    if (now_ms - *when >
+        std::chrono::duration_cast<std::chrono::milliseconds>(window.max_age).count())
+        return "stale: created " + std::to_string(age_s) + " s ago (max_age_s " +
+               std::to_string(window.max_age.count()) + ")";
+    if (*when - now_ms >
+        std::chrono::duration_cast<std::chrono::milliseconds>(window.max_future).count())
+        return "stale: created " + std::to_string(-age_s) + " s in the future (max_future_s " +
+               std::to_string(window.max_future.count()) + ")";
+    return std::nullopt;
+}
+
 namespace {
 Response get_only() {
     auto r = error_response(405, "method not allowed");
@@ -86,6 +109,7 @@ void WebhookService::count(const Response& r) const {
     if (r.status == 401) {
         std::string_view reason = r.error;  // "signature mismatch" -> "mismatch"
         if (reason.starts_with("signature ")) reason.remove_prefix(10);
+        reason = reason.substr(0, reason.find(':'));  // "stale: created ..." -> "stale"
         metrics_->signature_failure(r.endpoint, reason);
     } else if (r.status == 200 && !r.type.empty()) {
         if (r.duplicate) {
@@ -146,6 +170,17 @@ std::variant<Response, Accepted> WebhookService::check_body(const Runtime& runti
         r.endpoint = endpoint.path;
         r.error = envelope.error();
         return r;
+    }
+    if (endpoint.replay.max_age.count() > 0) {
+        if (auto stale = replay_problem(endpoint.replay, envelope.value().created(),
+                                        std::chrono::system_clock::now())) {
+            // Correctly signed but outside the window: to the client, like any bad signature.
+            auto r = error_response(401, "unauthorized");
+            r.endpoint = endpoint.path;
+            r.type = envelope.value().type;
+            r.error = *stale;
+            return r;
+        }
     }
     auto handlers = runtime.handlers_for(endpoint, envelope.value().type);
     return Accepted{make_event(endpoint.path, std::move(body), std::move(envelope).value(),

@@ -423,3 +423,35 @@ TEST(Config, AdminListenerErrorsNameTheKeyPath) {
 
 }  // namespace
 }  // namespace sigsci
+
+namespace sigsci {
+namespace {
+
+TEST(Config, ReplayWindowSettings) {
+    auto r = parse(config_text(
+        R"([{"path": "/hook", "signing_keys": [{"value": "k"}], "max_age_s": 300,
+             "max_future_s": 30, "unparseable_created": "accept"},
+            {"path": "/open", "signing_keys": [{"value": "k"}]}])",
+        one_handler));
+    ASSERT_TRUE(r) << r.error();
+    const auto& w = r.value().endpoints[0].replay;
+    EXPECT_EQ(w.max_age.count(), 300);
+    EXPECT_EQ(w.max_future.count(), 30);
+    EXPECT_TRUE(w.accept_unparseable);
+    EXPECT_EQ(r.value().endpoints[1].replay.max_age.count(), 0);  // off unless configured
+    expect_error(
+        config_text(R"([{"path": "/h", "signing_keys": [{"value": "k"}], "max_future_s": 30}])",
+                    one_handler),
+        "test.json: endpoints[0].max_future_s: needs max_age_s");
+    expect_error(config_text(R"([{"path": "/h", "signing_keys": [{"value": "k"}],
+                                  "max_age_s": 60, "unparseable_created": "maybe"}])",
+                             one_handler),
+                 "test.json: endpoints[0].unparseable_created: must be \"reject\" or \"accept\"");
+    expect_error(
+        config_text(R"([{"path": "/h", "signing_keys": [{"value": "k"}], "max_age_s": 0}])",
+                    one_handler),
+        "test.json: endpoints[0].max_age_s: must be a whole number from 1 to 31622400");
+}
+
+}  // namespace
+}  // namespace sigsci

@@ -29,7 +29,8 @@ NewEvent new_event(const std::string& id, const std::string& body, std::int64_t 
 TEST(SpoolCli, ParsesDatesAsUtc) {
     EXPECT_EQ(parse_date_ms("1970-01-02"), 86400000);
     EXPECT_EQ(parse_date_ms("2026-11-29T17:16:26Z"), 1795972586000);
-    EXPECT_EQ(parse_date_ms("2026-11-29T18:16:26.5+01:00"), 1795972586000);
+    EXPECT_EQ(parse_date_ms("2026-11-29T18:16:26.5+01:00"),
+              1795972586500);                                // fraction kept to the ms
     EXPECT_EQ(parse_date_ms("2999-01-01"), 32472144000000);  // past system_clock's range
     EXPECT_EQ(format_rfc3339_ms(32472144000000), "2999-01-01T00:00:00.000Z");
     EXPECT_EQ(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "sigsci/clock.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/signature.hpp"
 #include "test_support.hpp"
@@ -213,6 +214,70 @@ TEST_F(WebhookServiceTest, HealthzReportsBacklogAndDeadLetters) {
     service->set_ready(true);
     EXPECT_EQ(std::get<Response>(head("GET", "/healthz")).body,
               R"({"status":"ok","backlog":7,"dead":3})");
+}
+
+}  // namespace
+}  // namespace sigsci
+
+namespace sigsci {
+namespace {
+
+using std::chrono::seconds;
+
+// 2026-11-29T17:16:26Z
+const auto replay_now =
+    std::chrono::system_clock::time_point(std::chrono::milliseconds(1795972586000));
+
+ReplayWindow window(int max_age_s, bool accept_unparseable = false) {
+    ReplayWindow w;
+    w.max_age = seconds(max_age_s);
+    w.accept_unparseable = accept_unparseable;
+    return w;
+}
+
+TEST(ReplayWindow, CreatedIsReadLenientlyAndJudgedAgainstTheWindow) {
+    const auto w = window(300);
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:16:26Z"), replay_now), std::nullopt);
+    // Offsets and fractional seconds of any length, as Signal Sciences has sent both.
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T19:12:26.204417893+02:00"), replay_now),
+              std::nullopt);
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:11:26.5Z"), replay_now), std::nullopt);
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:11:25.999Z"), replay_now),
+              "stale: created 300 s ago (max_age_s 300)");
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T16:16:26-00:00"), replay_now),
+              "stale: created 3600 s ago (max_age_s 300)");
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:17:26Z"), replay_now), std::nullopt);
+    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:26:26Z"), replay_now),
+              "stale: created 600 s in the future (max_future_s 60)");
+}
+
+TEST(ReplayWindow, UnparseableCreatedIsRejectedUnlessConfiguredOtherwise) {
+    for (const Json& created : {Json("yesterday"), Json(1764436586), Json(nullptr),
+                                Json("2026-11-29T17:16:26.Z"), Json("2026-11-29T17:16:26")}) {
+        EXPECT_EQ(replay_problem(window(300), created, replay_now),
+                  "stale: created is missing or not an RFC 3339 date")
+            << created.dump();
+        EXPECT_EQ(replay_problem(window(300, true), created, replay_now), std::nullopt);
+    }
+}
+
+TEST_F(WebhookServiceTest, EventOutsideTheReplayWindowIs401AndNotKept) {
+    auto ep = hook();
+    ep.replay = window(300);
+    auto with_created = [](std::chrono::system_clock::time_point t) {
+        return R"({"created":")" + format_rfc3339_ms(t) + R"(","type":"flag","payload":{}})";
+    };
+    const auto now = std::chrono::system_clock::now();
+    const auto fresh = with_created(now - seconds(10));
+    EXPECT_EQ(handle_body(ep, to_hex(hmac_sha256("old", fresh)), fresh).status, 200);
+    const auto replayed = with_created(now - seconds(3600));
+    const auto r = handle_body(ep, to_hex(hmac_sha256("old", replayed)), replayed);
+    EXPECT_EQ(r.status, 401);
+    EXPECT_EQ(r.body, R"({"error":"unauthorized"})");  // like a bad signature, to the client
+    EXPECT_TRUE(r.error.starts_with("stale: created 3")) << r.error;
+    const auto ahead = with_created(now + seconds(3600));
+    EXPECT_EQ(handle_body(ep, to_hex(hmac_sha256("old", ahead)), ahead).status, 401);
+    EXPECT_EQ(sink.events.size(), 1u);  // only the fresh one
 }
 
 }  // namespace

@@ -14,8 +14,9 @@ std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp);
 // The same from Unix milliseconds, for times a system_clock (nanoseconds, up to 2262) cannot hold.
 std::string format_rfc3339_ms(std::int64_t unix_ms);
 
-// "2026-01-31" (UTC midnight) or RFC 3339 "2026-01-31T12:00:00Z" / with an offset, as Unix
-// milliseconds; nullopt for anything else or before 1970.
+// "2026-01-31" (UTC midnight) or RFC 3339 "2026-01-31T12:00:00Z" / with an offset, fractional
+// seconds of any length (kept to the millisecond), as Unix milliseconds; nullopt for anything
+// else or before 1970.
 std::optional<std::int64_t> parse_date_ms(const std::string& text);
 
 // A UUIDv7 (RFC 9562): time-ordered, so ids sort by arrival; 74 random bits from OpenSSL.

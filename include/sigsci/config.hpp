@@ -75,10 +75,19 @@ struct RouteConfig {
     std::vector<std::string> handlers;
 };
 
+// The replay window: a correctly signed event whose `created` is too old (or too far ahead)
+// is refused, so a captured request cannot be replayed later.
+struct ReplayWindow {
+    std::chrono::seconds max_age{0};      // 0: no window
+    std::chrono::seconds max_future{60};  // allowed clock skew ahead of ours
+    bool accept_unparseable = false;      // `created` missing or not a date
+};
+
 struct EndpointConfig {
     std::string path;
     std::vector<std::string> signing_keys;  // secret: never log these
     std::vector<RouteConfig> routes;
+    ReplayWindow replay;
 };
 
 struct Config {

@@ -2,6 +2,7 @@
 // The request path as plain functions: request head in, decision out; body in, response out.
 // Nothing here touches a socket; server.cpp only reads, calls these, and writes.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -51,6 +52,11 @@ struct Response {
 };
 
 Response error_response(int status, std::string_view message);
+
+// Why a correctly signed event falls outside its endpoint's replay window ("stale: ..."), or
+// nothing when it is inside.
+std::optional<std::string> replay_problem(const ReplayWindow& window, const Json& created,
+                                          std::chrono::system_clock::time_point now);
 
 // A verified, parsed, routed event, ready to be kept.
 class Metrics;
