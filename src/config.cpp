@@ -83,6 +83,10 @@ Limits parse_limits(ConfigObject obj) {
     if (auto n = obj.get("request_timeout_ms")) l.request_timeout = ms(n->as_uint(1, day_ms));
     if (auto n = obj.get("idle_timeout_ms")) l.idle_timeout = ms(n->as_uint(1, day_ms));
     if (auto n = obj.get("max_connections")) l.max_connections = n->as_uint(1, 1'000'000);
+    if (auto n = obj.get("max_connections_per_ip"))
+        l.max_connections_per_ip = n->as_uint(0, 1'000'000);
+    if (auto n = obj.get("max_header_count"))
+        l.max_header_count = static_cast<std::uint32_t>(n->as_uint(1, 10'000));
     if (auto n = obj.get("drain_timeout_ms")) l.drain_timeout = ms(n->as_uint(0, day_ms));
     if (auto n = obj.get("max_pending_events")) l.max_pending_events = n->as_uint(1, 100'000'000);
     obj.finish();
@@ -102,6 +106,8 @@ LogSettings parse_log(ConfigObject obj) {
             n->fail("must be one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", \"off\"");
         s.level = *l;
     }
+    if (auto n = obj.get("client_errors_per_second"))
+        s.client_errors_per_second = static_cast<std::uint32_t>(n->as_uint(0, 1'000'000));
     obj.finish();
     return s;
 }

@@ -50,7 +50,11 @@ constexpr std::size_t max_admin_connections = 64;
 // beast::tcp_stream), so a slow client can still be told 408.
 struct Connection : std::enable_shared_from_this<Connection> {
     Connection(tcp::socket s, Listener r)
-        : socket(std::move(s)), timer(socket.get_executor()), role(r), remote_address(remote()) {}
+        : socket(std::move(s)),
+          timer(socket.get_executor()),
+          role(r),
+          remote_address(remote()),
+          remote_ip(remote_address.substr(0, remote_address.rfind(':'))) {}
 
     tcp::socket socket;
     asio::steady_timer timer;
@@ -59,6 +63,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     bool timed_out = false;
     bool idle = false;  // waiting for the first byte of the next request
     std::string remote_address;
+    std::string remote_ip;  // what the per-address cap counts
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -104,6 +109,35 @@ std::optional<Response> answer_for_read_error(const Connection& c, const error_c
     return error_response(400, "malformed HTTP request");
 }
 
+// Lines that anyone who can reach the port can cause (4xx answers, refused connections): at
+// most `per_second` of them a second, so a flood cannot flood the log. The rest are counted and
+// reported in one line with the first such line of a later second.
+class ClientErrorLog {
+  public:
+    bool admit(std::uint32_t per_second) {
+        if (per_second == 0) return true;
+        const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+        auto second = second_.load();
+        if (now != second && second_.compare_exchange_strong(second, now)) {
+            count_.store(0);
+            if (const auto dropped = suppressed_.exchange(0); dropped > 0) {
+                log::warn("client errors not logged",
+                          {{"suppressed", dropped}, {"client_errors_per_second", per_second}});
+            }
+        }
+        if (count_.fetch_add(1) < per_second) return true;
+        suppressed_.fetch_add(1);
+        return false;
+    }
+
+  private:
+    std::atomic<std::int64_t> second_{0};
+    std::atomic<std::uint32_t> count_{0};
+    std::atomic<std::uint64_t> suppressed_{0};
+};
+
 // Suspends the request's coroutine until the sink has kept (or refused) the event; the I/O
 // thread serves other connections meanwhile, which is what lets many requests share one commit.
 template <class Token>
@@ -139,23 +173,34 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     };
     std::vector<Bound> acceptors;
     std::atomic<bool> draining{false};
-    std::size_t admin_connections = 0;  // guarded by mutex
+    ClientErrorLog client_errors;
+    std::size_t admin_connections = 0;                    // guarded by mutex
+    std::unordered_map<std::string, std::size_t> per_ip;  // webhook connections; guarded by mutex
 
     mutable std::mutex mutex;
     std::condition_variable all_closed;
     std::unordered_set<std::shared_ptr<Connection>> connections;  // guarded by mutex
 
-    bool try_register(const std::shared_ptr<Connection>& c, std::uint64_t max_connections) {
+    // Counts the connection in, or says which limit refuses it.
+    std::optional<std::string> try_register(const std::shared_ptr<Connection>& c,
+                                            const Limits& limits) {
         std::lock_guard lock(mutex);
         if (c->role == Listener::admin) {
-            if (admin_connections >= max_admin_connections) return false;
+            if (admin_connections >= max_admin_connections) return "admin connections reached 64";
             ++admin_connections;
         } else {
-            if (connections.size() - admin_connections >= max_connections) return false;
+            if (connections.size() - admin_connections >= limits.max_connections)
+                return "max_connections reached";
+            auto& from_ip = per_ip[c->remote_ip];
+            if (limits.max_connections_per_ip != 0 && from_ip >= limits.max_connections_per_ip) {
+                if (from_ip == 0) per_ip.erase(c->remote_ip);
+                return "max_connections_per_ip reached";
+            }
+            ++from_ip;
             if (auto* m = service.metrics()) m->connection_opened();
         }
         connections.insert(c);
-        return true;
+        return std::nullopt;
     }
 
     void unregister(const std::shared_ptr<Connection>& c) {
@@ -163,8 +208,10 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
         if (connections.erase(c) == 0) return;
         if (c->role == Listener::admin) {
             --admin_connections;
-        } else if (auto* m = service.metrics()) {
-            m->connection_closed();
+        } else {
+            if (auto it = per_ip.find(c->remote_ip); it != per_ip.end() && --it->second == 0)
+                per_ip.erase(it);
+            if (auto* m = service.metrics()) m->connection_closed();
         }
         if (connections.empty()) all_closed.notify_all();
     }
@@ -179,7 +226,7 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
 
     asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, Listener role);
     asio::awaitable<void> session(std::shared_ptr<Connection> c);
-    asio::awaitable<void> refuse(std::shared_ptr<Connection> c);
+    asio::awaitable<void> refuse(std::shared_ptr<Connection> c, std::string why);
     asio::awaitable<bool> write_response(Connection& c, const Response& r, unsigned version,
                                          bool keep_alive, std::chrono::milliseconds timeout);
     asio::awaitable<void> linger_and_close(Connection& c);
@@ -201,9 +248,9 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
         auto c = std::make_shared<Connection>(std::move(socket), role);
-        const auto max = service.snapshot()->config.limits.max_connections;
-        if (!try_register(c, max)) {
-            asio::co_spawn(c->socket.get_executor(), refuse(c), asio::detached);
+        if (auto refused = try_register(c, service.snapshot()->config.limits)) {
+            asio::co_spawn(c->socket.get_executor(), refuse(c, std::move(*refused)),
+                           asio::detached);
             continue;
         }
         asio::co_spawn(c->socket.get_executor(), session(c), [self, c](std::exception_ptr e) {
@@ -224,10 +271,11 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
     }
 }
 
-asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c) {
-    log::warn(
-        "connection refused",
-        {{"remote", c->remote_address}, {"status", 503}, {"error", "max_connections reached"}});
+asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c, std::string why) {
+    if (client_errors.admit(service.snapshot()->config.log.client_errors_per_second)) {
+        log::warn("connection refused",
+                  {{"remote", c->remote_address}, {"status", 503}, {"error", why}});
+    }
     const auto r = error_response(503, "too many connections");
     const auto timeout = service.snapshot()->config.limits.request_timeout;
     if (co_await write_response(*c, r, 11, false,
@@ -319,7 +367,12 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
             const RequestHead head{req.method_string(), req.target(), content_length,
                                    req[http::field::transfer_encoding]};
             std::variant<Response, const EndpointConfig*> decision;
-            if (c->role == Listener::admin) {
+            const auto fields = static_cast<std::size_t>(std::distance(req.begin(), req.end()));
+            if (fields > limits.max_header_count) {
+                auto r = error_response(431, "too many header fields");
+                r.close = true;  // the body, if any, is not read
+                decision = std::move(r);
+            } else if (c->role == Listener::admin) {
                 decision = service.route_admin(head);
             } else {
                 decision = service.route_head(*runtime, head);
@@ -382,7 +435,9 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         const auto level = c->role == Listener::admin ? log::Level::debug
                            : res.status < 400         ? log::Level::info
                                                       : log::Level::warn;
-        if (log::enabled(level)) {
+        const bool client_error = res.status >= 400 && res.status < 500;
+        if (log::enabled(level) &&
+            (!client_error || client_errors.admit(runtime->config.log.client_errors_per_second))) {
             log::Fields fields{{"remote", remote}};
             if (!method.empty()) fields["method"] = method;
             if (!path.empty()) fields["path"] = path;

@@ -1,6 +1,15 @@
 // The daemon in-process on 127.0.0.1 port 0, driven over loopback with raw bytes.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <thread>
 
 #include "sigsci/daemon.hpp"
@@ -644,6 +653,187 @@ TEST_F(ServerTest, EventsAcceptedBeforeARestartAreDeliveredAfterIt) {
         return j["msg"] == "delivery" && j["status"] == "delivered" && j["event_id"] == id &&
                j["attempt"] == 2;
     }));
+}
+
+}  // namespace
+}  // namespace sigsci
+
+// ---- abuse limits ----------------------------------------------------------------------------
+namespace sigsci {
+namespace {
+
+TEST_F(ServerTest, ConnectionsBeyondThePerAddressCapAreRefused) {
+    start(R"("max_connections_per_ip": 2)");
+    RawClient a(port);
+    RawClient b(port);
+    for (auto* c : {&a, &b}) {
+        c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        ASSERT_EQ(c->read_response().status, 200);
+    }
+    RawClient third(port);
+    third.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(third.read_response().status, 503);
+    EXPECT_TRUE(logged([](Json& j) {
+        return j["msg"] == "connection refused" && j["error"] == "max_connections_per_ip reached";
+    }));
+    // The address's count goes down as its connections close.
+    a.close();
+    ASSERT_TRUE(logged([](Json& j) { return j["msg"] == "connection closed"; }));
+    RawClient fourth(port);
+    fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(fourth.read_response().status, 200);
+}
+
+TEST_F(ServerTest, TooManyHeaderFieldsGet431) {
+    start(R"("max_header_count": 10)");
+    std::string many;
+    for (int i = 0; i < 20; ++i) many += "X-F" + std::to_string(i) + ": v\r\n";
+    const auto body = test::sample("flag");
+    RawClient c(port);
+    c.send(test::post("/sigsci/test", body, sign(body), many));
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 431);
+    EXPECT_EQ(r.body, R"({"error":"too many header fields"})");
+    EXPECT_TRUE(c.peer_closed());
+    EXPECT_TRUE(archived().empty());
+    // Within the count, the same request is served.
+    RawClient ok(port);
+    ok.send(test::post("/sigsci/test", body, sign(body), "X-A: 1\r\n"));
+    EXPECT_EQ(ok.read_response().status, 200);
+}
+
+// Slowloris: bytes keep coming, one at a time, but the deadline is for the whole request.
+TEST_F(ServerTest, TricklingClientIsCutOffAtTheRequestTimeout) {
+    start(R"("request_timeout_ms": 300)");
+    RawClient c(port);
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+    std::atomic<bool> answered{false};
+    std::atomic<int> trickled{0};
+    std::thread trickler([&] {
+        // Pacing, not waiting: a byte every 20 ms for at most 10 s.
+        for (int i = 0; i < 500 && !answered.load(); ++i) {
+            try {
+                c.send("a");
+            } catch (const std::exception&) {
+                break;  // the server closed the connection
+            }
+            ++trickled;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    });
+    const auto r = c.read_response();
+    answered = true;
+    trickler.join();
+    EXPECT_EQ(r.status, 408);
+    EXPECT_LT(trickled.load(), 500);  // cut off while still trickling
+    EXPECT_TRUE(logged([](Json& j) { return j["msg"] == "request" && j["status"] == 408; }));
+}
+
+TEST_F(ServerTest, ClientErrorLinesAreRateLimited) {
+    test::write_file(dir / "config.json",
+                     config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])"));
+    auto text = test::read_file(dir / "config.json");
+    text.replace(text.find("\"threads\""), 0, R"("log": {"client_errors_per_second": 5}, )");
+    test::write_file(dir / "config.json", text);
+    auto cfg = load_config(dir / "config.json");
+    ASSERT_TRUE(cfg) << cfg.error();
+    daemon = std::make_unique<Daemon>(std::move(cfg).value());
+    daemon->start();
+    port = daemon->ports().at(0);
+
+    const auto body = test::sample("flag");
+    RawClient c(port);
+    int sent = 0;
+    // Forged requests until the summary of a finished second appears (bounded).
+    auto summary = [&] {
+        for (const auto& line : logs->lines()) {
+            if (line.find("\"client errors not logged\"") != std::string::npos) return true;
+        }
+        return false;
+    };
+    while (!summary() && sent < 100000) {
+        c.send(test::post("/sigsci/test", body, std::string(64, '0')));
+        ASSERT_EQ(c.read_response().status, 401);
+        ++sent;
+    }
+    ASSERT_TRUE(summary()) << "after " << sent << " forged requests";
+    int logged_401 = 0;
+    std::uint64_t suppressed = 0;
+    for (const auto& line : logs->lines()) {
+        auto j = Json::parse(line);
+        if (j["msg"] == "request" && j["status"] == 401) ++logged_401;
+        if (j["msg"] == "client errors not logged")
+            suppressed += j["suppressed"].get<std::uint64_t>();
+    }
+    EXPECT_GT(suppressed, 0u);
+    EXPECT_LT(logged_401, sent);
+    // Everything is accounted for: logged, summarised, or in the current second's count.
+    EXPECT_LE(static_cast<std::uint64_t>(logged_401) + suppressed,
+              static_cast<std::uint64_t>(sent));
+    // Successful requests are never suppressed.
+    RawClient ok(port);
+    ok.send(test::post("/sigsci/test", body, sign(body)));
+    ASSERT_EQ(ok.read_response().status, 200);
+    EXPECT_TRUE(logged([](Json& j) { return j["msg"] == "request" && j["status"] == 200; }));
+}
+
+// Many idle connections must not keep a real request out (loopback, bounded). The idle ends
+// are held by a child process, so that neither process needs more than 10,000 descriptors.
+TEST_F(ServerTest, TenThousandIdleConnectionsThenASignedRequestIsAnswered) {
+    constexpr int idle = 10000;
+    rlimit lim{};
+    ::getrlimit(RLIMIT_NOFILE, &lim);
+    if (lim.rlim_cur < idle + 200) {
+        GTEST_SKIP() << "needs " << idle + 200 << " open files; RLIMIT_NOFILE is " << lim.rlim_cur;
+    }
+    start(R"("max_connections": 20000, "max_connections_per_ip": 0)");
+    log::set_level(log::Level::info);  // not a debug line per connection
+    int ready[2];
+    int hold[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    ASSERT_EQ(::pipe(hold), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        // Only system calls from here: the parent has threads, so no malloc after fork.
+        ::close(ready[0]);
+        ::close(hold[1]);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        char status = 'R';
+        for (int i = 0; i < idle; ++i) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+            if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+                status = 'E';
+                break;
+            }
+        }
+        (void)!::write(ready[1], &status, 1);
+        char b;
+        (void)!::read(hold[0], &b, 1);  // until the parent closes its end
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    ::close(hold[0]);
+    pollfd p{ready[0], POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 60000), 1) << "the child did not connect in 60 s";
+    char status = 0;
+    ASSERT_EQ(::read(ready[0], &status, 1), 1);
+    ::close(ready[0]);
+    EXPECT_EQ(status, 'R') << "the child could not open all its connections";
+
+    const auto body = test::sample("flag");
+    RawClient c(port);
+    c.send(test::post("/sigsci/test", body, sign(body)));
+    EXPECT_EQ(c.read_response().status, 200);
+    // Accepted in order, so every idle connection before it is open on the server too.
+    EXPECT_GE(daemon->connection_count(), static_cast<std::size_t>(idle));
+    ::close(hold[1]);  // the child exits and its connections close
+    int wstatus = 0;
+    ::waitpid(child, &wstatus, 0);
+    EXPECT_TRUE(WIFEXITED(wstatus));
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ struct Limits {
     std::chrono::milliseconds request_timeout{15000};
     std::chrono::milliseconds idle_timeout{60000};
     std::uint64_t max_connections = 4096;
+    std::uint64_t max_connections_per_ip = 256;  // 0: no per-address cap
+    std::uint32_t max_header_count = 100;
     std::chrono::milliseconds drain_timeout{10000};
     std::uint64_t max_pending_events = 65536;
 };
@@ -68,6 +70,9 @@ struct AdminConfig {
 struct LogSettings {
     log::Format format = log::Format::json;
     log::Level level = log::Level::info;
+    // `request` lines for 4xx answers (what anyone on the internet can cause) per second; the
+    // rest are counted and summarised. 0: no limit.
+    std::uint32_t client_errors_per_second = 20;
 };
 
 struct RouteConfig {
