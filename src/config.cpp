@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "sigsci/config_reader.hpp"
+#include "sigsci/tls.hpp"
 
 namespace sigsci {
 
@@ -59,15 +60,25 @@ ListenConfig parse_listen_address(const ConfigNode& node) {
     return out;
 }
 
-ListenConfig parse_listen(const ConfigNode& node) {
+ListenConfig parse_listen(const ConfigNode& node, const ConfigContext& ctx) {
     if (node.json().is_string()) return parse_listen_address(node);
     auto obj = node.as_object();
     auto out = parse_listen_address(obj.require("address"));
-    if (obj.get("tls")) {
-        ConfigNode(obj.require("tls").json(), obj.path() + ".tls")
-            .fail(
-                "TLS listeners are not supported by this version yet; use a plain listener "
-                "behind a TLS-terminating proxy");
+    if (auto t = obj.get("tls")) {
+        auto tls = t->as_object();
+        auto path = [&](const char* key) {
+            std::filesystem::path p = tls.require(key).as_nonempty_string();
+            return std::filesystem::absolute(p.is_relative() ? ctx.base_dir / p : p);
+        };
+        out.tls_cert = path("cert");
+        out.tls_key = path("key");
+        tls.finish();
+        try {
+            make_server_tls(out.tls_cert,
+                            out.tls_key);  // a bad file fails the config, not a handshake
+        } catch (const std::exception& e) {
+            t->fail(e.what());
+        }
     }
     obj.finish();
     return out;
@@ -287,7 +298,11 @@ AdminConfig parse_admin(ConfigObject obj, const ConfigContext& ctx) {
             }
         }
     } else {
-        a.listen.push_back({default_admin_address, "127.0.0.1", 9102});
+        ListenConfig fallback;
+        fallback.address = default_admin_address;
+        fallback.host = "127.0.0.1";
+        fallback.port = 9102;
+        a.listen.push_back(std::move(fallback));
     }
     obj.finish();
     return a;
@@ -381,7 +396,7 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
         if (auto n = root.get("listen")) {
             auto items = n->as_array();
             if (items.empty()) n->fail("needs at least one address");
-            for (const auto& item : items) cfg.listen.push_back(parse_listen(item));
+            for (const auto& item : items) cfg.listen.push_back(parse_listen(item, ctx));
         } else {
             root.fail("missing required key \"listen\"");
         }

@@ -211,6 +211,7 @@ bool Daemon::reload_locked(Result<Config> next) {
     log::set_level(cfg.log.level);
     if (impl_->dispatcher) impl_->dispatcher->set_max_pending_events(cfg.limits.max_pending_events);
     impl_->service.replace(runtime);
+    impl_->server.reload_tls(cfg.listen);
     log::info("reloaded", {{"config", cfg.file.string()},
                            {"endpoints", cfg.endpoints.size()},
                            {"handlers", cfg.handlers.size()}});

@@ -8,6 +8,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -16,6 +17,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -23,6 +25,7 @@
 
 #include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
+#include "sigsci/tls.hpp"
 #include "sigsci/webhook_service.hpp"
 
 namespace sigsci {
@@ -32,6 +35,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using asio::ip::tcp;
 using boost::system::error_code;
+namespace ssl = asio::ssl;
 using namespace std::chrono_literals;
 
 namespace {
@@ -49,14 +53,16 @@ constexpr std::size_t max_admin_connections = 64;
 // One accepted socket. Its timer enforces deadlines without closing the socket (unlike
 // beast::tcp_stream), so a slow client can still be told 408.
 struct Connection : std::enable_shared_from_this<Connection> {
-    Connection(tcp::socket s, Listener r)
+    Connection(tcp::socket s, Listener r, std::shared_ptr<ssl::context> t)
         : socket(std::move(s)),
+          tls(std::move(t)),
           timer(socket.get_executor()),
           role(r),
           remote_address(remote()),
           remote_ip(remote_address.substr(0, remote_address.rfind(':'))) {}
 
     tcp::socket socket;
+    std::shared_ptr<ssl::context> tls;  // the listener's context when it accepted; null: plain
     asio::steady_timer timer;
     const Listener role;
     std::uint64_t generation = 0;  // lets a stale timer completion know it is stale
@@ -94,10 +100,11 @@ struct Connection : std::enable_shared_from_this<Connection> {
 };
 
 bool client_gone(const error_code& ec) {
+    // stream_truncated: a TLS client closed without close_notify, which is how most do.
     return ec == http::error::end_of_stream || ec == http::error::partial_message ||
-           ec == asio::error::eof || ec == asio::error::connection_reset ||
-           ec == asio::error::broken_pipe || ec == asio::error::operation_aborted ||
-           ec == asio::error::bad_descriptor;
+           ec == ssl::error::stream_truncated || ec == asio::error::eof ||
+           ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+           ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor;
 }
 
 // Maps a failed read to the answer it deserves; nullopt means the client is gone.
@@ -166,10 +173,22 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
 
     asio::io_context& ioc;
     WebhookService& service;
+    // A TLS listener's current context: SIGHUP swaps in a new one for new connections, while
+    // connections already open keep the one they started with.
+    struct TlsSlot {
+        mutable std::mutex mutex;
+        std::shared_ptr<ssl::context> context;
+        std::shared_ptr<ssl::context> get() const {
+            std::lock_guard lock(mutex);
+            return context;
+        }
+    };
     struct Bound {
         std::shared_ptr<tcp::acceptor> acceptor;
         Listener role;
-        std::string address;  // e.g. "127.0.0.1:43123"
+        std::string address;           // e.g. "127.0.0.1:43123"
+        std::shared_ptr<TlsSlot> tls;  // null: plain
+        ListenConfig config;           // as configured (for TLS reloads)
     };
     std::vector<Bound> acceptors;
     std::atomic<bool> draining{false};
@@ -216,25 +235,38 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
         if (connections.empty()) all_closed.notify_all();
     }
 
-    void add(std::shared_ptr<tcp::acceptor> acceptor, Listener role) {
+    void add(std::shared_ptr<tcp::acceptor> acceptor, Listener role,
+             const ListenConfig& config = {}) {
         const auto local = acceptor->local_endpoint();
         const auto host = local.address().to_string();
+        std::shared_ptr<TlsSlot> tls;
+        if (config.tls()) {
+            tls = std::make_shared<TlsSlot>();
+            tls->context = make_server_tls(config.tls_cert, config.tls_key);
+        }
         acceptors.push_back({std::move(acceptor), role,
                              (local.address().is_v6() ? "[" + host + "]" : host) + ":" +
-                                 std::to_string(local.port())});
+                                 std::to_string(local.port()),
+                             std::move(tls), config});
     }
 
-    asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor, Listener role);
+    asio::awaitable<void> accept_loop(Bound bound);
     asio::awaitable<void> session(std::shared_ptr<Connection> c);
+    template <class Stream>
+    asio::awaitable<void> serve(std::shared_ptr<Connection> c, Stream& stream);
     asio::awaitable<void> refuse(std::shared_ptr<Connection> c, std::string why);
-    asio::awaitable<bool> write_response(Connection& c, const Response& r, unsigned version,
-                                         bool keep_alive, std::chrono::milliseconds timeout);
-    asio::awaitable<void> linger_and_close(Connection& c);
+    template <class Stream>
+    asio::awaitable<bool> write_response(Connection& c, Stream& stream, const Response& r,
+                                         unsigned version, bool keep_alive,
+                                         std::chrono::milliseconds timeout);
+    asio::awaitable<void> linger_and_close(Connection& c, tcp::socket& stream);
+    asio::awaitable<void> linger_and_close(Connection& c, ssl::stream<tcp::socket&>& stream);
 };
 
-asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
-                                                Listener role) {
+asio::awaitable<void> Server::Impl::accept_loop(Bound bound) {
     auto self = shared_from_this();
+    const auto& acceptor = bound.acceptor;
+    const auto role = bound.role;
     for (;;) {
         auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(ioc), use_tuple);
         if (ec) {
@@ -247,7 +279,8 @@ asio::awaitable<void> Server::Impl::accept_loop(std::shared_ptr<tcp::acceptor> a
         }
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        auto c = std::make_shared<Connection>(std::move(socket), role);
+        auto c = std::make_shared<Connection>(std::move(socket), role,
+                                              bound.tls ? bound.tls->get() : nullptr);
         if (auto refused = try_register(c, service.snapshot()->config.limits)) {
             asio::co_spawn(c->socket.get_executor(), refuse(c, std::move(*refused)),
                            asio::detached);
@@ -276,18 +309,23 @@ asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c, std::s
         log::warn("connection refused",
                   {{"remote", c->remote_address}, {"status", 503}, {"error", why}});
     }
-    const auto r = error_response(503, "too many connections");
-    const auto timeout = service.snapshot()->config.limits.request_timeout;
-    if (co_await write_response(*c, r, 11, false,
-                                std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
-        co_await linger_and_close(*c);
+    // A TLS client would not understand a plain answer, and a handshake is what a flood wants
+    // us to spend: it is just closed.
+    if (!c->tls) {
+        const auto r = error_response(503, "too many connections");
+        const auto timeout = service.snapshot()->config.limits.request_timeout;
+        if (co_await write_response(*c, c->socket, r, 11, false,
+                                    std::min<std::chrono::milliseconds>(timeout, 1000ms))) {
+            co_await linger_and_close(*c, c->socket);
+        }
     }
     error_code ignored;
     c->socket.close(ignored);
     c->timer.cancel();
 }
 
-asio::awaitable<bool> Server::Impl::write_response(Connection& c, const Response& r,
+template <class Stream>
+asio::awaitable<bool> Server::Impl::write_response(Connection& c, Stream& stream, const Response& r,
                                                    unsigned version, bool keep_alive,
                                                    std::chrono::milliseconds timeout) {
     http::response<http::string_body> res{static_cast<http::status>(r.status), version};
@@ -299,12 +337,12 @@ asio::awaitable<bool> Server::Impl::write_response(Connection& c, const Response
     res.body() = r.body;
     res.prepare_payload();
     c.arm(timeout);
-    auto [ec, n] = co_await http::async_write(c.socket, res, use_tuple);
+    auto [ec, n] = co_await http::async_write(stream, res, use_tuple);
     c.disarm();
     co_return !ec;
 }
 
-asio::awaitable<void> Server::Impl::linger_and_close(Connection& c) {
+asio::awaitable<void> Server::Impl::linger_and_close(Connection& c, tcp::socket&) {
     error_code ec;
     c.socket.shutdown(tcp::socket::shutdown_send, ec);
     if (ec) co_return;
@@ -319,9 +357,39 @@ asio::awaitable<void> Server::Impl::linger_and_close(Connection& c) {
     c.disarm();
 }
 
+// TLS has its own goodbye: close_notify, and the peer's in return, within the linger time.
+asio::awaitable<void> Server::Impl::linger_and_close(Connection& c,
+                                                     ssl::stream<tcp::socket&>& stream) {
+    c.arm(linger_time);
+    co_await stream.async_shutdown(use_tuple);
+    c.disarm();
+}
+
+asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
+    if (!c->tls) {
+        co_await serve(c, c->socket);
+        co_return;
+    }
+    ssl::stream<tcp::socket&> stream(c->socket, *c->tls);
+    // The handshake is part of the first request: the same deadline bounds it.
+    c->arm(service.snapshot()->config.limits.request_timeout);
+    auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, use_tuple);
+    c->disarm();
+    if (hec) {
+        if (client_errors.admit(service.snapshot()->config.log.client_errors_per_second)) {
+            log::warn("TLS handshake failed",
+                      {{"remote", c->remote_address},
+                       {"error", c->timed_out ? std::string("timed out") : hec.message()}});
+        }
+        co_return;
+    }
+    co_await serve(c, stream);
+}
+
 // The life of one connection, top to bottom: wait for a request, read its head, decide, read
 // its body, answer, and go round again while keep-alive holds.
-asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
+template <class Stream>
+asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream& stream) {
     const std::string& remote = c->remote_address;
     beast::flat_buffer buffer;
     for (;;) {
@@ -333,7 +401,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
             if (draining.load()) break;
             c->idle = true;
             c->arm(limits.idle_timeout);
-            auto [ec, n] = co_await c->socket.async_read_some(buffer.prepare(4096), use_tuple);
+            auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096), use_tuple);
             c->idle = false;
             if (ec) break;  // idle timeout, drain, or the client left: nothing to answer
             buffer.commit(n);
@@ -352,7 +420,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         std::string method;
         std::string path;
 
-        auto [hec, hn] = co_await http::async_read_header(c->socket, buffer, parser, use_tuple);
+        auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
         if (hec) {
             auto answer = answer_for_read_error(*c, hec);
             if (!answer) break;
@@ -385,7 +453,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
                 // Ask for the body only once we know we want it.
                 if (beast::iequals(req[http::field::expect], "100-continue")) {
                     http::response<http::empty_body> cont{http::status::continue_, version};
-                    auto [wec, wn] = co_await http::async_write(c->socket, cont, use_tuple);
+                    auto [wec, wn] = co_await http::async_write(stream, cont, use_tuple);
                     if (wec) {
                         if (c->timed_out)
                             res = error_response(408, "request timeout");
@@ -395,8 +463,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
                 }
                 if (!c->timed_out) {
                     parser.body_limit(limits.max_body_bytes);
-                    auto [bec, bn] =
-                        co_await http::async_read(c->socket, buffer, parser, use_tuple);
+                    auto [bec, bn] = co_await http::async_read(stream, buffer, parser, use_tuple);
                     if (bec) {
                         auto answer = answer_for_read_error(*c, bec);
                         if (!answer) break;
@@ -427,7 +494,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
         // Counted before the client can see the answer, so a scrape that follows it agrees.
         if (c->role == Listener::webhook) service.count(res);
         const bool written =
-            co_await write_response(*c, res, version, keep_alive, limits.request_timeout);
+            co_await write_response(*c, stream, res, version, keep_alive, limits.request_timeout);
         const double ms =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
                 .count();
@@ -453,7 +520,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
 
         if (!written) break;
         if (!keep_alive) {
-            if (!read_all) co_await linger_and_close(*c);
+            if (!read_all || c->tls) co_await linger_and_close(*c, stream);
             break;
         }
     }
@@ -489,7 +556,27 @@ void Server::listen(const std::vector<ListenConfig>& addresses, Listener role) {
         if (ec) fail("bind");
         acceptor->listen(asio::socket_base::max_listen_connections, ec);
         if (ec) fail("listen");
-        impl_->add(std::move(acceptor), role);
+        impl_->add(std::move(acceptor), role, a);
+    }
+}
+
+void Server::reload_tls(const std::vector<ListenConfig>& addresses) {
+    for (const auto& b : impl_->acceptors) {
+        if (!b.tls) continue;
+        const auto it = std::find_if(addresses.begin(), addresses.end(), [&](const auto& a) {
+            return a.address == b.config.address && a.tls();
+        });
+        if (it == addresses.end()) continue;  // listener changes take effect at restart
+        try {
+            auto context = make_server_tls(it->tls_cert, it->tls_key);
+            std::lock_guard lock(b.tls->mutex);
+            b.tls->context = std::move(context);
+            log::info("TLS certificate reloaded",
+                      {{"address", b.address}, {"cert", it->tls_cert.string()}});
+        } catch (const std::exception& e) {
+            log::error("TLS certificate reload failed: the old one stays",
+                       {{"address", b.address}, {"error", e.what()}});
+        }
     }
 }
 
@@ -530,8 +617,7 @@ void Server::start_accepting() {
     for (const auto& b : impl_->acceptors) {
         log::info("listening", {{"address", b.address},
                                 {"role", b.role == Listener::admin ? "admin" : "webhook"}});
-        asio::co_spawn(b.acceptor->get_executor(), impl_->accept_loop(b.acceptor, b.role),
-                       asio::detached);
+        asio::co_spawn(b.acceptor->get_executor(), impl_->accept_loop(b), asio::detached);
     }
 }
 

@@ -215,9 +215,13 @@ TEST(Config, ListenAddresses) {
     expect_error(with_listen(R"(["127.0.0.1"])"),
                  "test.json: listen[0]: must look like \"127.0.0.1:8080\"");
     expect_error(with_listen(R"([])"), "test.json: listen: needs at least one address");
-    expect_error(with_listen(R"([{"address": "0.0.0.0:8443", "tls": {"cert": "c", "key": "k"}}])"),
-                 "test.json: listen[0].tls: TLS listeners are not supported by this version yet; "
-                 "use a plain listener behind a TLS-terminating proxy");
+    // TLS files are loaded at config time, so a missing one is a config error.
+    expect_error(with_listen(R"([{"address": "0.0.0.0:8443", "tls": {"cert": "/nonexistent/c",
+                                                                      "key": "/nonexistent/k"}}])"),
+                 "test.json: listen[0].tls: cannot load certificate chain /nonexistent/c: "
+                 "error:80000002:system library::No such file or directory");
+    expect_error(with_listen(R"([{"address": "0.0.0.0:8443", "tls": {"cert": "c"}}])"),
+                 "test.json: listen[0].tls: missing required key \"key\"");
 }
 
 TEST(Config, NumbersAreRangeChecked) {

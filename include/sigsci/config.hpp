@@ -17,6 +17,10 @@ struct ListenConfig {
     std::string address;  // as written, e.g. "[::1]:8080"
     std::string host;     // the IP literal, without brackets
     std::uint16_t port = 0;
+    std::filesystem::path tls_cert;  // both set for a TLS listener (absolute once loaded)
+    std::filesystem::path tls_key;
+
+    bool tls() const { return !tls_cert.empty(); }
 };
 
 struct Limits {

@@ -29,6 +29,9 @@ class Server {
 
     // Binds every address; throws std::runtime_error naming the address that failed.
     void listen(const std::vector<ListenConfig>& addresses, Listener role = Listener::webhook);
+    // SIGHUP: TLS listeners load their certificate and key again; new connections use them,
+    // open ones keep theirs. A file that fails to load is logged and the old one stays.
+    void reload_tls(const std::vector<ListenConfig>& addresses);
     // Serves on a listening socket passed by systemd (socket activation); takes ownership.
     void adopt(int fd, Listener role);
     // The bound addresses, e.g. "127.0.0.1:43123", in the order added (port 0 resolved).
