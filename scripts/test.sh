@@ -1,7 +1,7 @@
 #!/bin/sh
 # The whole test run, as CI does it: install packages, check formatting, then build and run
-# every test twice: the `ci` preset (warnings are errors) and the `asan` preset
-# (AddressSanitizer + UndefinedBehaviorSanitizer).
+# every test three times: the `ci` preset (warnings are errors), the `asan` preset
+# (AddressSanitizer + UndefinedBehaviorSanitizer) and the `tsan` preset (ThreadSanitizer).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ echo "== clang-format"
 # shellcheck disable=SC2046 # file names have no spaces
 clang-format --dry-run -Werror $(git ls-files '*.cpp' '*.hpp')
 
-for preset in ci asan; do
+for preset in ci asan tsan; do
     echo "== $preset"
     cmake --preset "$preset"
     cmake --build --preset "$preset"
