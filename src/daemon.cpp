@@ -265,6 +265,11 @@ void Daemon::run_until_signalled() {
             if (signo == SIGHUP) signals.async_wait(on_signal);
         };
     signals.async_wait(on_signal);
+    // The handler is in place: let the signals run_daemon() held back through (see cli.cpp).
+    sigset_t shutdown_signals;
+    sigemptyset(&shutdown_signals);
+    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&shutdown_signals, s);
+    pthread_sigmask(SIG_UNBLOCK, &shutdown_signals, nullptr);
     start();
     for (;;) {
         int signo = 0;
