@@ -83,6 +83,31 @@ class ServerTest : public ::testing::Test {
         return out;
     }
 
+    // With a limit of two connections: two are served, the third is answered 503 and logged
+    // with `why`, and once one of the two closes a new one is served again.
+    void expect_third_refused_until_one_closes(const std::string& limits, const std::string& why) {
+        start(limits);
+        auto a = std::make_unique<RawClient>(port);
+        RawClient b(port);
+        // A request answered on each proves both are registered before the third arrives.
+        for (auto* c : {a.get(), &b}) {
+            c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            ASSERT_EQ(c->read_response().status, 200);
+        }
+        RawClient third(port);
+        third.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        const auto r = third.read_response();
+        EXPECT_EQ(r.status, 503);
+        EXPECT_EQ(r.body, R"({"error":"too many connections"})");
+        EXPECT_TRUE(
+            logged([&](Json& j) { return j["msg"] == "connection refused" && j["error"] == why; }));
+        a.reset();
+        ASSERT_TRUE(logged([](Json& j) { return j["msg"] == "connection closed"; }));
+        RawClient fourth(port);
+        fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        EXPECT_EQ(fourth.read_response().status, 200);
+    }
+
     test::HttpResponse exchange(const std::string& request) {
         RawClient c(port);
         c.send(request);
@@ -391,25 +416,7 @@ TEST_F(ServerTest, AmbiguousFramingIsRefused) {
 }
 
 TEST_F(ServerTest, ConnectionsBeyondMaxAreRefusedWith503) {
-    start(R"("max_connections": 2)");
-    RawClient a(port);
-    RawClient b(port);
-    // A request answered on each proves both are registered before the third arrives.
-    for (auto* c : {&a, &b}) {
-        c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        ASSERT_EQ(c->read_response().status, 200);
-    }
-    RawClient third(port);
-    third.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    const auto r = third.read_response();
-    EXPECT_EQ(r.status, 503);
-    EXPECT_EQ(r.body, R"({"error":"too many connections"})");
-    // Once a slot frees, new connections are served again.
-    a.close();
-    ASSERT_TRUE(logged([](Json& j) { return j["msg"] == "connection closed"; }));
-    RawClient fourth(port);
-    fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    EXPECT_EQ(fourth.read_response().status, 200);
+    expect_third_refused_until_one_closes(R"("max_connections": 2)", "max_connections reached");
 }
 
 TEST_F(ServerTest, ClientVanishingMidBodyLeavesNothingAndServerServesOn) {
@@ -663,25 +670,8 @@ namespace sigsci {
 namespace {
 
 TEST_F(ServerTest, ConnectionsBeyondThePerAddressCapAreRefused) {
-    start(R"("max_connections_per_ip": 2)");
-    RawClient a(port);
-    RawClient b(port);
-    for (auto* c : {&a, &b}) {
-        c->send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        ASSERT_EQ(c->read_response().status, 200);
-    }
-    RawClient third(port);
-    third.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    EXPECT_EQ(third.read_response().status, 503);
-    EXPECT_TRUE(logged([](Json& j) {
-        return j["msg"] == "connection refused" && j["error"] == "max_connections_per_ip reached";
-    }));
-    // The address's count goes down as its connections close.
-    a.close();
-    ASSERT_TRUE(logged([](Json& j) { return j["msg"] == "connection closed"; }));
-    RawClient fourth(port);
-    fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    EXPECT_EQ(fourth.read_response().status, 200);
+    expect_third_refused_until_one_closes(R"("max_connections_per_ip": 2)",
+                                          "max_connections_per_ip reached");
 }
 
 TEST_F(ServerTest, TooManyHeaderFieldsGet431) {
