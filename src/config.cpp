@@ -435,7 +435,9 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
         }
     } catch (const ConfigError& e) {
         return Error{origin + ": " + e.what()};
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
+        // A syntax error (parse_error), or a number too large for a double (out_of_range 406,
+        // found by fuzz/config_fuzz.cpp: it used to escape and end the process, even on SIGHUP).
         // nlohmann prefixes "[json.exception.parse_error.101] "; the rest names line and column.
         std::string what = e.what();
         if (const auto pos = what.find("] "); pos != std::string::npos) what = what.substr(pos + 2);

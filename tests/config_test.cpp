@@ -459,3 +459,20 @@ TEST(Config, ReplayWindowSettings) {
 
 }  // namespace
 }  // namespace sigsci
+
+namespace sigsci {
+namespace {
+
+// Found by fuzz/config_fuzz.cpp: nlohmann reports a number too large for a double as
+// out_of_range, not parse_error, and it escaped parse_config (a SIGHUP with such a file ended
+// the daemon).
+TEST(Config, NumberTooLargeIsAConfigErrorNotACrash) {
+    auto r = parse(R"({"listen": ["127.0.0.1:0"], "threads": 1e999999999})");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(
+        r.error().rfind("test.json: not valid JSON: number overflow parsing '1e999999999'", 0), 0u)
+        << r.error();
+}
+
+}  // namespace
+}  // namespace sigsci
