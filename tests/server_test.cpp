@@ -63,7 +63,12 @@ class ServerTest : public ::testing::Test {
     void start(const std::string& limits = "", const std::string& listen = R"(["127.0.0.1:0"])",
                const std::string& keys = R"([{"file": "key-one"}, {"file": "key-two"}])",
                const std::string& spool = R"({"path": "spool.db"})") {
-        test::write_file(dir / "config.json", config_text(limits, listen, keys, spool));
+        start_with(config_text(limits, listen, keys, spool));
+    }
+
+    // Writes `text` as the config file and starts a daemon on it.
+    void start_with(const std::string& text) {
+        test::write_file(dir / "config.json", text);
         auto cfg = load_config(dir / "config.json");
         ASSERT_TRUE(cfg) << cfg.error();
         daemon = std::make_unique<Daemon>(std::move(cfg).value());
@@ -631,12 +636,7 @@ TEST_F(ServerTest, EventsAcceptedBeforeARestartAreDeliveredAfterIt) {
                archive + R"("}},
           "spool": {"path": "spool.db", "retry": {"initial_delay_ms": 60000, "max_attempts": 5}}})";
     };
-    test::write_file(dir / "config.json", config_with("/dev/full"));
-    auto cfg = load_config(dir / "config.json");
-    ASSERT_TRUE(cfg) << cfg.error();
-    daemon = std::make_unique<Daemon>(std::move(cfg).value());
-    daemon->start();
-    port = daemon->ports().at(0);
+    start_with(config_with("/dev/full"));
     const auto body = test::sample("flag");
     const auto r = exchange(test::post("/sigsci/test", body, sign(body)));
     ASSERT_EQ(r.status, 200);
@@ -647,11 +647,7 @@ TEST_F(ServerTest, EventsAcceptedBeforeARestartAreDeliveredAfterIt) {
     daemon->shutdown();  // the retry is a minute away: the delivery is still pending
     daemon.reset();
 
-    test::write_file(dir / "config.json", config_with((dir / "events.jsonl").string()));
-    cfg = load_config(dir / "config.json");
-    ASSERT_TRUE(cfg) << cfg.error();
-    daemon = std::make_unique<Daemon>(std::move(cfg).value());
-    daemon->start();
+    start_with(config_with((dir / "events.jsonl").string()));
     // Resumed at start, at once, although its backoff had a minute to run.
     const auto records = archived();
     ASSERT_EQ(records.size(), 1u);
@@ -720,16 +716,9 @@ TEST_F(ServerTest, TricklingClientIsCutOffAtTheRequestTimeout) {
 }
 
 TEST_F(ServerTest, ClientErrorLinesAreRateLimited) {
-    test::write_file(dir / "config.json",
-                     config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])"));
-    auto text = test::read_file(dir / "config.json");
+    auto text = config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])");
     text.replace(text.find("\"threads\""), 0, R"("log": {"client_errors_per_second": 5}, )");
-    test::write_file(dir / "config.json", text);
-    auto cfg = load_config(dir / "config.json");
-    ASSERT_TRUE(cfg) << cfg.error();
-    daemon = std::make_unique<Daemon>(std::move(cfg).value());
-    daemon->start();
-    port = daemon->ports().at(0);
+    start_with(text);
 
     const auto body = test::sample("flag");
     RawClient c(port);
