@@ -49,9 +49,9 @@ struct Histogram {
     double sum = 0;
 };
 
-std::string endpoint_label(std::string_view endpoint) {
+std::string_view endpoint_label(std::string_view endpoint) {
     // Endpoint paths start with '/', so "none" cannot be one.
-    return endpoint.empty() ? std::string("none") : std::string(endpoint);
+    return endpoint.empty() ? std::string_view("none") : endpoint;
 }
 
 std::string number(double v) {
@@ -139,9 +139,8 @@ void Metrics::request(std::string_view endpoint, int status) {
     impl_->requests.fetch_add(1, std::memory_order_relaxed);
     std::array<char, 8> buf;
     const auto r = std::to_chars(buf.data(), buf.data() + buf.size(), status);
-    const std::string ep = endpoint_label(endpoint);
     std::lock_guard lock(impl_->mutex);
-    bump(impl_->by_status, {ep, std::string_view(buf.data(), r.ptr)});
+    bump(impl_->by_status, {endpoint_label(endpoint), std::string_view(buf.data(), r.ptr)});
 }
 
 void Metrics::signature_failure(std::string_view endpoint, std::string_view reason) {

@@ -193,6 +193,10 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     std::vector<Bound> acceptors;
     std::atomic<bool> draining{false};
     ClientErrorLog client_errors;
+    // Whether a line a client caused (4xx, refused, failed handshake) may be logged now.
+    bool admit_client_error() {
+        return client_errors.admit(service.snapshot()->config.log.client_errors_per_second);
+    }
     std::size_t admin_connections = 0;                    // guarded by mutex
     std::unordered_map<std::string, std::size_t> per_ip;  // webhook connections; guarded by mutex
 
@@ -305,7 +309,7 @@ asio::awaitable<void> Server::Impl::accept_loop(Bound bound) {
 }
 
 asio::awaitable<void> Server::Impl::refuse(std::shared_ptr<Connection> c, std::string why) {
-    if (client_errors.admit(service.snapshot()->config.log.client_errors_per_second)) {
+    if (admit_client_error()) {
         log::warn("connection refused",
                   {{"remote", c->remote_address}, {"status", 503}, {"error", why}});
     }
@@ -376,7 +380,7 @@ asio::awaitable<void> Server::Impl::session(std::shared_ptr<Connection> c) {
     auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, use_tuple);
     c->disarm();
     if (hec) {
-        if (client_errors.admit(service.snapshot()->config.log.client_errors_per_second)) {
+        if (admit_client_error()) {
             log::warn("TLS handshake failed",
                       {{"remote", c->remote_address},
                        {"error", c->timed_out ? std::string("timed out") : hec.message()}});
