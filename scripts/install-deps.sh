@@ -6,7 +6,8 @@ set -eu
 
 packages="g++ cmake ninja-build ccache pkg-config clang-format git
 libboost1.81-dev libssl-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
-libgtest-dev libgmock-dev libsqlite3-dev libsystemd-dev python3 python3-prometheus-client openssl curl"
+libgtest-dev libgmock-dev libbenchmark-dev libsqlite3-dev libsystemd-dev libsimdjson-dev
+python3 python3-prometheus-client openssl curl"
 
 if [ "$(id -u)" -ne 0 ]; then
     exec sudo "$0" "$@"

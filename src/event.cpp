@@ -4,6 +4,50 @@
 
 namespace sigsci {
 
+namespace {
+const Json& field_or_null(const Json& doc, const char* name) {
+    static const Json null_value;
+    if (!doc.is_object()) return null_value;
+    const auto it = doc.find(name);
+    return it == doc.end() ? null_value : *it;
+}
+
+// A JSON string of our own text (an id, a time, a configured path): quotes, backslashes and
+// control characters escaped, everything else as it is.
+void append_string(std::string& out, std::string_view text) {
+    static constexpr char hex[] = "0123456789abcdef";
+    out += '"';
+    for (const char ch : text) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (c < 0x20) {
+            out += "\\u00";
+            out += hex[c >> 4];
+            out += hex[c & 0x0f];
+        } else {
+            out += ch;
+        }
+    }
+    out += '"';
+}
+}  // namespace
+
+const Json& Event::doc() const {
+    std::call_once(doc_once_, [this] { doc_ = envelope_tree(body); });
+    return doc_;
+}
+const Json& Event::created() const {
+    return field_or_null(doc(), "created");
+}
+const Json& Event::payload() const {
+    return field_or_null(doc(), "payload");
+}
+const Json& Event::link() const {
+    return field_or_null(doc(), "link");
+}
+
 EventPtr make_event(std::string endpoint, std::string body, Envelope envelope,
                     std::chrono::system_clock::time_point received) {
     auto event = std::make_shared<Event>();
@@ -20,11 +64,38 @@ Json archive_record(const Event& event) {
     record["id"] = event.id;
     record["received_at"] = event.received_at;
     record["endpoint"] = event.endpoint;
-    for (const auto& [key, value] : event.envelope.doc.items()) {
-        if (key == "id" || key == "received_at" || key == "endpoint") continue;
-        record[key] = value;
+    const Json& doc = event.doc();
+    if (doc.is_object()) {
+        for (auto it = doc.begin(); it != doc.end(); ++it) {
+            const auto& key = it.key();
+            if (key == "id" || key == "received_at" || key == "endpoint") continue;
+            record[key] = it.value();
+        }
     }
     return record;
+}
+
+std::string archive_line(const Event& event) {
+    if (event.envelope.shadows_ours) {
+        // Rare: fields must be dropped, so the line is built from the tree.
+        auto line = archive_record(event).dump(-1, ' ', false, Json::error_handler_t::replace);
+        line += '\n';
+        return line;
+    }
+    // Common: our three fields, then the body's own fields as they came ("{" cut off).
+    const auto fields = minify_json(event.body);
+    std::string line;
+    line.reserve(fields.size() + event.endpoint.size() + 112);
+    line += R"({"id":)";
+    append_string(line, event.id);
+    line += R"(,"received_at":)";
+    append_string(line, event.received_at);
+    line += R"(,"endpoint":)";
+    append_string(line, event.endpoint);
+    line += ',';
+    line.append(fields, 1);
+    line += '\n';
+    return line;
 }
 
 }  // namespace sigsci

@@ -113,8 +113,8 @@ std::vector<std::string> child_environment(const Event& event,
         {"LANG", "C.UTF-8"},
         {"SIGSCI_EVENT_ID", event.id},
         {"SIGSCI_TYPE", event.envelope.type},
-        {"SIGSCI_CREATED", json_text(event.envelope.created())},
-        {"SIGSCI_LINK", json_text(event.envelope.link())},
+        {"SIGSCI_CREATED", json_text(event.created())},
+        {"SIGSCI_LINK", json_text(event.link())},
         {"SIGSCI_ENDPOINT", event.endpoint},
     };
     for (const auto& [k, v] : env) vars[k] = v;
@@ -279,7 +279,7 @@ std::size_t ExecHandler::running() const {
 }
 
 void ExecHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    auto argv = expand_argv(config_.command, event->envelope.doc);
+    auto argv = expand_argv(config_.command, event->doc());
     if (!argv) {
         done({false, argv.error() + "; the command was not run", Json::object()});
         return;

@@ -33,8 +33,7 @@ FileHandler::~FileHandler() {
 }
 
 void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    std::string line = archive_record(*event).dump(-1, ' ', false, Json::error_handler_t::replace);
-    line += '\n';
+    const std::string line = archive_line(*event);
     DeliveryOutcome outcome;
     {
         std::lock_guard lock(mutex_);

@@ -352,7 +352,7 @@ ForwardHandler::~ForwardHandler() {
 void ForwardHandler::deliver(const EventPtr& event, DeliveryDone done) {
     Job job{event, {}, {}, std::move(done)};
     if (impl_->config.body) {
-        auto body = impl_->config.body->render(event->envelope.doc);
+        auto body = impl_->config.body->render(event->doc());
         if (!body) {
             // The same template and event would fail the same way every time.
             job.done(failure("body template: " + body.error(), impl_->details(), true));

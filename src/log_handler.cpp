@@ -26,15 +26,11 @@ Json summarize_payload(const Json& payload) {
 }
 
 void LogHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    log::Fields fields{{"handler", name()},
-                       {"event_id", event->id},
-                       {"endpoint", event->endpoint},
-                       {"type", event->envelope.type},
-                       {"created", event->envelope.created()},
-                       {"link", event->envelope.link()}};
-    if (mode_ == PayloadMode::full) fields["payload"] = event->envelope.payload();
-    if (mode_ == PayloadMode::summary)
-        fields["payload"] = summarize_payload(event->envelope.payload());
+    log::Fields fields{{"handler", name()},           {"event_id", event->id},
+                       {"endpoint", event->endpoint}, {"type", event->envelope.type},
+                       {"created", event->created()}, {"link", event->link()}};
+    if (mode_ == PayloadMode::full) fields["payload"] = event->payload();
+    if (mode_ == PayloadMode::summary) fields["payload"] = summarize_payload(event->payload());
     log::info("event", fields);
     done({});
 }

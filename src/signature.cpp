@@ -1,24 +1,75 @@
 #include "sigsci/signature.hpp"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/params.h>
 
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 namespace sigsci {
 
+namespace {
+
+// HMAC-SHA256 contexts already keyed, one per signing key and thread. Keying hashes the padded
+// key, and a one-shot HMAC() also looks the algorithm up by name each time; both cost more than
+// hashing a typical body. EVP_MAC_init with no key restarts a context with the key it has.
+class KeyedMacs {
+  public:
+    ~KeyedMacs() { clear(); }
+
+    EVP_MAC_CTX* get(std::string_view key) {
+        for (auto& [k, ctx] : entries_) {
+            if (k == key) return ctx;
+        }
+        if (entries_.size() >= max_keys) clear();  // keys were reloaded many times: start over
+        static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+        if (hmac == nullptr) return nullptr;
+        EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac);
+        if (ctx == nullptr) return nullptr;
+        char digest[] = "SHA256";
+        const OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+            OSSL_PARAM_construct_end()};
+        // HMAC wants a non-null key pointer even for an empty key.
+        static const unsigned char empty = 0;
+        const auto* key_ptr =
+            key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data());
+        if (EVP_MAC_init(ctx, key_ptr, key.size(), params) != 1) {
+            EVP_MAC_CTX_free(ctx);
+            return nullptr;
+        }
+        entries_.emplace_back(std::string(key), ctx);
+        return ctx;
+    }
+
+  private:
+    static constexpr std::size_t max_keys = 32;
+
+    void clear() {
+        for (auto& [k, ctx] : entries_) {
+            OPENSSL_cleanse(k.data(), k.size());
+            EVP_MAC_CTX_free(ctx);
+        }
+        entries_.clear();
+    }
+
+    std::vector<std::pair<std::string, EVP_MAC_CTX*>> entries_;
+};
+
+}  // namespace
+
 Digest hmac_sha256(std::string_view key, std::string_view data) {
+    thread_local KeyedMacs macs;
     Digest out{};
-    unsigned int out_len = 0;
-    // HMAC() wants non-null pointers even for empty input, hence the fallbacks.
-    static const unsigned char empty = 0;
-    const auto* key_ptr = key.empty() ? &empty : reinterpret_cast<const unsigned char*>(key.data());
-    const auto* data_ptr =
-        data.empty() ? &empty : reinterpret_cast<const unsigned char*>(data.data());
-    if (HMAC(EVP_sha256(), key_ptr, static_cast<int>(key.size()), data_ptr, data.size(), out.data(),
-             &out_len) == nullptr ||
-        out_len != out.size()) {
+    std::size_t out_len = 0;
+    EVP_MAC_CTX* ctx = macs.get(key);
+    if (ctx == nullptr || EVP_MAC_init(ctx, nullptr, 0, nullptr) != 1 ||
+        (!data.empty() && EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(data.data()),
+                                         data.size()) != 1) ||
+        EVP_MAC_final(ctx, out.data(), &out_len, out.size()) != 1 || out_len != out.size()) {
         throw std::runtime_error("HMAC-SHA256 failed inside OpenSSL");
     }
     return out;

@@ -146,8 +146,8 @@ int run_spool_command(const SpoolCommand& cmd) {
             for (const auto& d : spool->deliveries_of(event->id))
                 deliveries.push_back(delivery_json(d));
             out["deliveries"] = deliveries;
-            auto envelope = parse_envelope(event->body);
-            out["envelope"] = envelope ? envelope.value().doc : Json(event->body);
+            auto envelope = envelope_tree(event->body);
+            out["envelope"] = envelope.is_discarded() ? Json(event->body) : std::move(envelope);
             std::cout << out.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
         } else if (cmd.action == "retry") {
             if (!cmd.id.empty() && !spool->find(cmd.id)) {

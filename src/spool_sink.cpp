@@ -38,10 +38,14 @@ constexpr std::size_t max_recent_bodies = 100000;
 }  // namespace
 
 std::string body_hash(std::string_view endpoint, std::string_view body) {
-    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+    // The algorithm is fetched once and the context kept per thread: OpenSSL 3 looks an
+    // algorithm up by name on every EVP_sha256() init otherwise.
+    static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    thread_local const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(
+        EVP_MD_CTX_new(), &EVP_MD_CTX_free);
     std::string out(32, '\0');
     unsigned int len = 0;
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
+    if (!sha256 || !ctx || EVP_DigestInit_ex(ctx.get(), sha256, nullptr) != 1 ||
         EVP_DigestUpdate(ctx.get(), endpoint.data(), endpoint.size()) != 1 ||
         EVP_DigestUpdate(ctx.get(), "", 1) != 1 ||
         EVP_DigestUpdate(ctx.get(), body.data(), body.size()) != 1 ||

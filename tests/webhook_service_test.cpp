@@ -237,26 +237,29 @@ ReplayWindow window(int max_age_s, bool accept_unparseable = false) {
 
 TEST(ReplayWindow, CreatedIsReadLenientlyAndJudgedAgainstTheWindow) {
     const auto w = window(300);
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:16:26Z"), replay_now), std::nullopt);
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T17:16:26Z"), replay_now), std::nullopt);
     // Offsets and fractional seconds of any length, as Signal Sciences has sent both.
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T19:12:26.204417893+02:00"), replay_now),
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T19:12:26.204417893+02:00"), replay_now),
               std::nullopt);
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:11:26.5Z"), replay_now), std::nullopt);
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:11:25.999Z"), replay_now),
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T17:11:26.5Z"), replay_now), std::nullopt);
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T17:11:25.999Z"), replay_now),
               "stale: created 300 s ago (max_age_s 300)");
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T16:16:26-00:00"), replay_now),
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T16:16:26-00:00"), replay_now),
               "stale: created 3600 s ago (max_age_s 300)");
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:17:26Z"), replay_now), std::nullopt);
-    EXPECT_EQ(replay_problem(w, Json("2026-11-29T17:26:26Z"), replay_now),
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T17:17:26Z"), replay_now), std::nullopt);
+    EXPECT_EQ(replay_problem(w, std::string("2026-11-29T17:26:26Z"), replay_now),
               "stale: created 600 s in the future (max_future_s 60)");
 }
 
 TEST(ReplayWindow, UnparseableCreatedIsRejectedUnlessConfiguredOtherwise) {
-    for (const Json& created : {Json("yesterday"), Json(1764436586), Json(nullptr),
-                                Json("2026-11-29T17:16:26.Z"), Json("2026-11-29T17:16:26")}) {
+    // A `created` that is not a string (a number, null) or is absent reaches here as nullopt.
+    for (const std::optional<std::string>& created :
+         {std::optional<std::string>("yesterday"), std::optional<std::string>(),
+          std::optional<std::string>("2026-11-29T17:16:26.Z"),
+          std::optional<std::string>("2026-11-29T17:16:26")}) {
         EXPECT_EQ(replay_problem(window(300), created, replay_now),
                   "stale: created is missing or not an RFC 3339 date")
-            << created.dump();
+            << created.value_or("(none)");
         EXPECT_EQ(replay_problem(window(300, true), created, replay_now), std::nullopt);
     }
 }

@@ -55,7 +55,8 @@ Response error_response(int status, std::string_view message);
 
 // Why a correctly signed event falls outside its endpoint's replay window ("stale: ..."), or
 // nothing when it is inside.
-std::optional<std::string> replay_problem(const ReplayWindow& window, const Json& created,
+std::optional<std::string> replay_problem(const ReplayWindow& window,
+                                          const std::optional<std::string>& created,
                                           std::chrono::system_clock::time_point now);
 
 // A verified, parsed, routed event, ready to be kept.
