@@ -43,6 +43,30 @@ void DeliveryPool::run(EventPtr event, HandlerPtr handler,
     });
 }
 
+void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
+                             std::function<void(std::size_t, DeliveryOutcome, double)> done) {
+    boost::asio::post(impl_->pool, [events = std::move(events), handler = std::move(handler),
+                                    done = std::move(done)] {
+        const auto started = std::chrono::steady_clock::now();
+        // A handler may call back and then throw; only the first report of each event counts.
+        auto reported = std::make_shared<std::vector<std::atomic<bool>>>(events.size());
+        auto once = [reported, started, done](std::size_t i, DeliveryOutcome outcome) {
+            if ((*reported)[i].exchange(true)) return;
+            const double ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - started)
+                                  .count();
+            done(i, std::move(outcome), ms);
+        };
+        try {
+            handler->deliver_batch(events, once);
+        } catch (const std::exception& e) {
+            for (std::size_t i = 0; i < events.size(); ++i) {
+                once(i, {false, std::string("handler threw: ") + e.what()});
+            }
+        }
+    });
+}
+
 void DeliveryPool::stop() {
     std::call_once(impl_->stopped, [this] { impl_->pool.join(); });
 }

@@ -32,30 +32,42 @@ FileHandler::~FileHandler() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    const std::string line = archive_line(*event);
-    DeliveryOutcome outcome;
-    {
-        std::lock_guard lock(mutex_);
-        const off_t start = ::lseek(fd_, 0, SEEK_END);
-        std::size_t written = 0;
-        while (written < line.size()) {
-            const ssize_t n = ::write(fd_, line.data() + written, line.size() - written);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
-                outcome = {false,
-                           "write " + path_.string() + ": " + std::strerror(n < 0 ? errno : EIO)};
-                break;
-            }
-            written += static_cast<std::size_t>(n);
+std::string FileHandler::append(const std::string& text) {
+    std::string error;
+    std::lock_guard lock(mutex_);
+    std::size_t written = 0;
+    while (written < text.size()) {
+        const ssize_t n = ::write(fd_, text.data() + written, text.size() - written);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            error = "write " + path_.string() + ": " + std::strerror(n < 0 ? errno : EIO);
+            break;
         }
-        // Half a line would corrupt the archive for every reader after it; take it back.
-        if (!outcome.ok && written > 0 && start >= 0) {
-            if (::ftruncate(fd_, start) != 0)
-                outcome.error += " (and could not cut back the partial line)";
-        }
+        written += static_cast<std::size_t>(n);
     }
-    done(std::move(outcome));
+    // Half a line would corrupt the archive for every reader after it; take it back. Appends
+    // go to the end under the lock, so the part written is the file's last `written` bytes.
+    struct stat st {};
+    if (!error.empty() && written > 0 &&
+        (::fstat(fd_, &st) != 0 || st.st_size < static_cast<off_t>(written) ||
+         ::ftruncate(fd_, st.st_size - static_cast<off_t>(written)) != 0)) {
+        error += " (and could not cut back the partial line)";
+    }
+    return error;
+}
+
+void FileHandler::deliver(const EventPtr& event, DeliveryDone done) {
+    auto error = append(archive_line(*event));
+    done(error.empty() ? DeliveryOutcome{} : DeliveryOutcome{false, std::move(error)});
+}
+
+void FileHandler::deliver_batch(std::span<const EventPtr> events, BatchDone done) {
+    std::string lines;
+    for (const auto& event : events) lines += archive_line(*event);
+    const auto error = append(lines);
+    for (std::size_t i = 0; i < events.size(); ++i) {
+        done(i, error.empty() ? DeliveryOutcome{} : DeliveryOutcome{false, error});
+    }
 }
 
 void FileHandler::reopen() {

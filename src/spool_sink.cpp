@@ -7,6 +7,7 @@
 #include <climits>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -273,8 +274,22 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
     }
 
+    // Deliveries of one handler started together (one pool job).
+    struct DeliveryGroup {
+        HandlerPtr handler;
+        std::vector<EventPtr> events;
+        std::vector<std::int64_t> seqs;
+    };
+
     void finish_stores(std::vector<StoreRequest>& batch, const std::vector<Decision>& decisions,
                        const std::string& error) {
+        bool stopping_now;
+        {
+            std::lock_guard lock(mutex);
+            stopping_now = stopping;
+        }
+        std::vector<bool> answered(batch.size(), false);
+        std::map<const Handler*, DeliveryGroup> by_handler;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             auto& r = batch[i];
             const auto& d = decisions[i];
@@ -283,27 +298,34 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             if (r.fast && (failed || duplicate)) release_claims(r);
             if (failed) {
                 r.done({SubmitResult::Status::failed, r.event->id, error});
+                answered[i] = true;
                 continue;
             }
             if (duplicate) {
                 r.done({SubmitResult::Status::duplicate, d.duplicate_of, {}});
+                answered[i] = true;
                 continue;
             }
             // Start (or hand back) the deliveries before answering: the answer may be what a
             // shutdown waits for, and a started delivery is one the drain then waits for.
             if (r.fast) {
-                bool stopping_now;
-                {
-                    std::lock_guard lock(mutex);
-                    stopping_now = stopping;
-                }
                 if (stopping_now) {
                     release_claims(r);  // stored and pending: delivered after the next start
                 } else {
-                    for (const auto& h : r.handlers) start_delivery(r.event, d.seq, h, 1);
+                    for (const auto& h : r.handlers) {
+                        auto& group = by_handler[h.get()];
+                        if (!group.handler) group.handler = h;
+                        group.events.push_back(r.event);
+                        group.seqs.push_back(d.seq);
+                    }
                 }
             }
-            r.done({SubmitResult::Status::accepted, r.event->id, {}});
+        }
+        // One pool job per handler for the whole batch, started before any answer goes out.
+        for (auto& [raw, group] : by_handler) start_deliveries(std::move(group));
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            auto& r = batch[i];
+            if (!answered[i]) r.done({SubmitResult::Status::accepted, r.event->id, {}});
         }
         std::lock_guard lock(mutex);
         ++commits;
@@ -369,6 +391,24 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     // ---- deliveries -------------------------------------------------------------------------
+
+    void start_deliveries(DeliveryGroup group) {
+        if (group.events.size() == 1) {
+            start_delivery(group.events.front(), group.seqs.front(), group.handler, 1);
+            return;
+        }
+        auto self = shared_from_this();
+        const std::string name = group.handler->name();
+        // Copied out first: the callback takes `group` itself.
+        auto events = group.events;
+        auto handler = group.handler;
+        pool.run_batch(std::move(events), std::move(handler),
+                       [self, group = std::move(group), name](std::size_t i,
+                                                              DeliveryOutcome outcome, double ms) {
+                           self->record_outcome(group.events[i], group.seqs[i], name, 1,
+                                                std::move(outcome), ms);
+                       });
+    }
 
     void start_delivery(const EventPtr& event, std::int64_t seq, const HandlerPtr& handler,
                         int attempt) {

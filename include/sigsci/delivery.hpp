@@ -20,6 +20,11 @@ class DeliveryPool {
     void run(EventPtr event, HandlerPtr handler,
              std::function<void(DeliveryOutcome, double duration_ms)> done);
 
+    // One pool job for several events to one handler (Handler::deliver_batch): one wake-up of
+    // a pool thread for a whole commit's worth. done(i, outcome, ms) runs exactly once per event.
+    void run_batch(std::vector<EventPtr> events, HandlerPtr handler,
+                   std::function<void(std::size_t, DeliveryOutcome, double duration_ms)> done);
+
     // Finishes what was queued, then joins the threads. Idempotent.
     void stop();
 

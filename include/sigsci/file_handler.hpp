@@ -10,11 +10,18 @@ namespace sigsci {
 // O_APPEND descriptor, so lines are never torn or interleaved; a failed write is cut back off.
 class FileHandler final : public Handler {
   public:
+    // Appends `text` (whole lines) in one locked write; a failure cuts the file back. Returns the
+    // error, empty on success.
+    std::string append(const std::string& text);
+
+  public:
     // Throws std::runtime_error when the file cannot be opened.
     FileHandler(std::string name, std::filesystem::path path);
     ~FileHandler() override;
 
     void deliver(const EventPtr& event, DeliveryDone done) override;
+    // All the lines in one write: they succeed or fail together.
+    void deliver_batch(std::span<const EventPtr> events, BatchDone done) override;
     void reopen() override;
 
     const std::filesystem::path& path() const { return path_; }
