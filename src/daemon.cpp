@@ -50,7 +50,7 @@ struct Daemon::Impl {
           ioc(static_cast<int>(threads)),
           work(asio::make_work_guard(ioc)),
           service(Runtime::build(std::move(config))),
-          server(ioc, service) {
+          server(ioc, service, threads) {
         const auto runtime = service.snapshot();
         const auto& cfg = runtime->config;
         const unsigned delivery_threads = std::max(2u, threads);

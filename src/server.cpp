@@ -169,10 +169,18 @@ std::string truncated(std::string_view s, std::size_t n) {
 }  // namespace
 
 struct Server::Impl : std::enable_shared_from_this<Impl> {
-    Impl(asio::io_context& i, WebhookService& s) : ioc(i), service(s) {}
+    Impl(asio::io_context& i, WebhookService& s, unsigned threads)
+        : ioc(i), service(s), single_thread(threads == 1) {}
+
+    // The executor a new connection runs on.
+    asio::any_io_executor connection_executor() {
+        if (single_thread) return ioc.get_executor();
+        return asio::make_strand(ioc);
+    }
 
     asio::io_context& ioc;
     WebhookService& service;
+    const bool single_thread;
     // A TLS listener's current context: SIGHUP swaps in a new one for new connections, while
     // connections already open keep the one they started with.
     struct TlsSlot {
@@ -272,7 +280,7 @@ asio::awaitable<void> Server::Impl::accept_loop(Bound bound) {
     const auto& acceptor = bound.acceptor;
     const auto role = bound.role;
     for (;;) {
-        auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(ioc), use_tuple);
+        auto [ec, socket] = co_await acceptor->async_accept(connection_executor(), use_tuple);
         if (ec) {
             if (!acceptor->is_open() || ec == asio::error::operation_aborted) co_return;
             log::error("accept failed", {{"error", ec.message()}});
@@ -532,8 +540,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
     c->socket.shutdown(tcp::socket::shutdown_both, ignored);
 }
 
-Server::Server(asio::io_context& ioc, WebhookService& service)
-    : impl_(std::make_shared<Impl>(ioc, service)) {}
+Server::Server(asio::io_context& ioc, WebhookService& service, unsigned io_threads)
+    : impl_(std::make_shared<Impl>(ioc, service, io_threads)) {}
 
 Server::~Server() = default;
 

@@ -22,7 +22,9 @@ enum class Listener { webhook, admin };
 
 class Server {
   public:
-    Server(boost::asio::io_context& ioc, WebhookService& service);
+    // io_threads: how many threads run `ioc`. With exactly one, connections need no strand (a
+    // strand costs a lock and a queue on every completion); otherwise each gets one.
+    Server(boost::asio::io_context& ioc, WebhookService& service, unsigned io_threads = 0);
     ~Server();
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
