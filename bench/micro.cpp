@@ -3,7 +3,7 @@
 // it was done before next to it, as a peer measured in the same run:
 //   verify      HMAC-SHA256 with a keyed context kept per thread  vs  one-shot HMAC()
 //   validate    simdjson, no tree (parse_envelope)                vs  nlohmann tree (the old way)
-//   archive     minified body bytes (archive_line)                vs  tree re-serialised
+//   archive     the body's own bytes (archive_line)                vs  tree re-serialised
 //   route       route_handlers on a three-route endpoint
 // Run: build/release/sigsci_micro [--benchmark_filter=...]
 #include <benchmark/benchmark.h>

@@ -197,7 +197,7 @@ print_table() {  # TITLE NAMES...
     done
 }
 
-echo "sigsci-webhookd $("$bin" --version 2>/dev/null | head -1) ($bin)"
+echo "$("$bin" --version 2>/dev/null | head -1) ($bin)"
 echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 echo "peers: $(nginx -v 2>&1 | sed 's/.*: //'), webhook $(webhook -version | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
 echo "run: ${duration}s per measurement, $body_count distinct bodies of $(awk '{n++; s += length($0) - 65} END {printf "%.0f", s / n}' "$work/bodies.txt") bytes on average, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -82,8 +82,14 @@ std::string archive_line(const Event& event) {
         line += '\n';
         return line;
     }
-    // Common: our three fields, then the body's own fields as they came ("{" cut off).
-    const auto fields = minify_json(event.body);
+    // Common: our three fields, then the body's own fields as they came ("{" cut off). Only line
+    // breaks would spoil a line, and JSON strings cannot hold raw ones: a body without any (what
+    // Signal Sciences sends) is used as it is, and only others are minified.
+    const std::string_view body = event.body;
+    const bool one_line = body.find_first_of("\r\n") == std::string_view::npos;
+    const std::string minified = one_line ? std::string() : minify_json(body);
+    std::string_view fields = one_line ? body : std::string_view(minified);
+    fields.remove_prefix(fields.find('{'));  // whitespace before the object, if any
     std::string line;
     line.reserve(fields.size() + event.endpoint.size() + 112);
     line += R"({"id":)";

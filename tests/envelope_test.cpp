@@ -128,6 +128,16 @@ TEST(Envelope, ArchiveLineIsOneLineWithOurFieldsFirstAndTheBodysOwnBytes) {
     EXPECT_EQ(Json::parse(line), archive_record(*event));
 }
 
+TEST(Envelope, ArchiveLineUsesABodyWithoutLineBreaksAsItIs) {
+    // Spaces between tokens do no harm on one line; only line breaks would.
+    const auto event = event_of(" {\"type\": \"flag\", \"payload\": {\"a\": [1, 2]}}\t");
+    EXPECT_EQ(archive_line(*event), R"({"id":")" + event->id + R"(","received_at":")" +
+                                        event->received_at +
+                                        R"(","endpoint":"/hook","type": "flag", "payload": )"
+                                        "{\"a\": [1, 2]}}\t\n");
+    EXPECT_EQ(Json::parse(archive_line(*event)), archive_record(*event));
+}
+
 TEST(Envelope, ArchiveLineOfEverySampleEqualsTheRecordTree) {
     for (const auto& type : test::sample_types()) {
         const auto event = event_of(test::sample(type));

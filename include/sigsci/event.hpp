@@ -36,8 +36,8 @@ EventPtr make_event(std::string endpoint, std::string body, Envelope envelope,
 
 // The file handler's line, newline included: id, received_at, endpoint, then every envelope
 // field in arrival order, on one line. Envelope fields named like ours (id, received_at,
-// endpoint) are dropped: ours are authoritative. Values are the body's own bytes (whitespace
-// between tokens removed), not a re-serialisation.
+// endpoint) are dropped: ours are authoritative. Values are the body's own bytes, not a
+// re-serialisation (minified first only when the body has line breaks).
 std::string archive_line(const Event& event);
 
 // The same record as a tree.
