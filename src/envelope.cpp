@@ -29,6 +29,45 @@ simdjson::dom::parser& thread_parser() {
 
 constexpr std::array<std::string_view, 3> our_fields{"id", "received_at", "endpoint"};
 
+bool is_ours(std::string_view name) {
+    return std::find(our_fields.begin(), our_fields.end(), name) != our_fields.end();
+}
+
+// The slow way, for what simdjson refuses but JSON allows: numbers beyond 64-bit integers or
+// doubles (123456789012345678901234567890, 1e400). nlohmann reads them as doubles, as it
+// always has here; the same rules are applied to the tree.
+Result<Envelope> parse_with_tree(std::string_view body) {
+    bool too_deep = false;
+    std::vector<std::string> names;
+    // nlohmann's depth counts from 0 at the envelope object: level N has depth N - 1.
+    auto watch = [&](int depth, Json::parse_event_t event, Json& parsed) {
+        if (depth >= max_envelope_depth) too_deep = true;
+        if (event == Json::parse_event_t::key && depth == 1 && parsed.is_string()) {
+            names.push_back(parsed.get<std::string>());
+        }
+        return !too_deep;
+    };
+    Json doc = Json::parse(body.begin(), body.end(), watch, /*allow_exceptions=*/false,
+                           /*ignore_comments=*/false);
+    if (too_deep) return Error{"body is nested too deeply"};
+    if (doc.is_discarded()) return Error{"body is not valid JSON"};
+    if (!doc.is_object()) return Error{"body is not a JSON object"};
+    std::sort(names.begin(), names.end());
+    if (std::adjacent_find(names.begin(), names.end()) != names.end()) {
+        return Error{"envelope repeats a top-level field"};
+    }
+    const auto type = doc.find("type");
+    if (type == doc.end()) return Error{"envelope has no \"type\""};
+    if (!type->is_string()) return Error{"envelope \"type\" is not a string"};
+    Envelope envelope;
+    envelope.type = type->get<std::string>();
+    if (const auto created = doc.find("created"); created != doc.end() && created->is_string()) {
+        envelope.created = created->get<std::string>();
+    }
+    envelope.shadows_ours = std::any_of(names.begin(), names.end(), is_ours);
+    return envelope;
+}
+
 }  // namespace
 
 Result<Envelope> parse_envelope(std::string_view body) {
@@ -36,6 +75,9 @@ Result<Envelope> parse_envelope(std::string_view body) {
     simdjson::dom::element root;
     if (const auto error = parser.parse(body.data(), body.size()).get(root)) {
         if (error == simdjson::DEPTH_ERROR) return Error{"body is nested too deeply"};
+        if (error == simdjson::NUMBER_ERROR || error == simdjson::NUMBER_OUT_OF_RANGE) {
+            return parse_with_tree(body);
+        }
         return Error{"body is not valid JSON"};
     }
     simdjson::dom::object object;
@@ -60,7 +102,7 @@ Result<Envelope> parse_envelope(std::string_view body) {
             if (field.value.get_string().get(created) == simdjson::SUCCESS) {
                 envelope.created.emplace(created);
             }
-        } else if (std::find(our_fields.begin(), our_fields.end(), field.key) != our_fields.end()) {
+        } else if (is_ours(field.key)) {
             envelope.shadows_ours = true;
         }
     }

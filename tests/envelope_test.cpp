@@ -58,6 +58,32 @@ TEST(Envelope, EveryByteIsValidatedNotOnlyTheFieldsRoutingReads) {
               "body is not valid JSON");
 }
 
+TEST(Envelope, IntegersBeyond64BitsAreValidJson) {
+    // RFC 8259 sets no limit; they are read as doubles, as nlohmann always read them here.
+    const std::string big = "123456789012345678901234567890";
+    auto env =
+        parse_envelope(R"({"type":"flag","payload":{"n":)" + big + R"(},"created":"c","id":"x"})");
+    ASSERT_TRUE(env) << env.error();
+    EXPECT_EQ(env.value().type, "flag");
+    EXPECT_EQ(env.value().created, "c");
+    EXPECT_TRUE(env.value().shadows_ours);
+    // The same rules as the fast way.
+    EXPECT_EQ(parse_envelope(R"({"type":"flag","type":"x","n":)" + big + "}").error(),
+              "envelope repeats a top-level field");
+    EXPECT_EQ(parse_envelope(R"({"type":1,"n":)" + big + "}").error(),
+              "envelope \"type\" is not a string");
+    EXPECT_EQ(parse_envelope("[" + big + "]").error(), "body is not a JSON object");
+    EXPECT_EQ(parse_envelope(R"({"type":"flag","n":)" + big).error(), "body is not valid JSON");
+    std::string deep = nested(max_envelope_depth + 1);
+    deep.insert(deep.size() - 1, ",\"n\":" + big);
+    EXPECT_EQ(parse_envelope(deep).error(), "body is nested too deeply");
+    std::string ok = nested(max_envelope_depth);
+    ok.insert(ok.size() - 1, ",\"n\":" + big);
+    EXPECT_TRUE(parse_envelope(ok)) << parse_envelope(ok).error();
+    // A double out of range is no number either parser can hold.
+    EXPECT_EQ(parse_envelope(R"({"type":"flag","n":1e400})").error(), "body is not valid JSON");
+}
+
 TEST(Envelope, RepeatedTopLevelFieldsAreRefused) {
     // Two "type"s: this receiver and a consumer of the archive could each believe another one.
     EXPECT_EQ(parse_envelope(R"({"type":"flag","type":"agentAlert"})").error(),
