@@ -37,6 +37,9 @@ bool is_ours(std::string_view name) {
 // doubles (123456789012345678901234567890, 1e400). nlohmann reads them as doubles, as it
 // always has here; the same rules are applied to the tree.
 Result<Envelope> parse_with_tree(std::string_view body) {
+    // nlohmann takes a NUL byte for the end of the input, and would accept whatever follows
+    // it; valid JSON never holds a raw NUL.
+    if (body.find('\0') != std::string_view::npos) return Error{"body is not valid JSON"};
     bool too_deep = false;
     std::vector<std::string> names;
     // nlohmann's depth counts from 0 at the envelope object: level N has depth N - 1.

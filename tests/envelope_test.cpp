@@ -53,6 +53,14 @@ TEST(Envelope, EveryByteIsValidatedNotOnlyTheFieldsRoutingReads) {
               "body is not valid JSON");
     EXPECT_EQ(parse_envelope("{\"type\":\"flag\",\"payload\":\"\xc0\xaf\"}").error(),
               "body is not valid JSON");
+    // A NUL byte ends the input for some parsers (nlohmann's); here it is just invalid, also
+    // on the way that numbers beyond 64 bits take.
+    EXPECT_EQ(parse_envelope(std::string("{\"type\":\"flag\"}\0trailing", 24)).error(),
+              "body is not valid JSON");
+    EXPECT_EQ(parse_envelope(
+                  std::string("{\"type\":\"flag\",\"n\":123456789012345678901234567890}\0x", 52))
+                  .error(),
+              "body is not valid JSON");
     // A raw control character inside a string.
     EXPECT_EQ(parse_envelope("{\"type\":\"flag\",\"link\":\"a\nb\"}").error(),
               "body is not valid JSON");
