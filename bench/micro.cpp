@@ -1,6 +1,6 @@
-// Google Benchmark micro-benchmarks of the request path's pure parts, on the sample bodies
-// (tests/data/samples: every activity type, 125 B to 5 KB). Each step of the path has the way
-// it was done before next to it, as a peer measured in the same run:
+// Google Benchmark micro-benchmarks of the request path's pure parts, on three of the sample
+// bodies (tests/data/samples), compact as Signal Sciences sends them. Each step of the path has the
+// way it was done before next to it, as a peer measured in the same run:
 //   verify      HMAC-SHA256 with a keyed context kept per thread  vs  one-shot HMAC()
 //   validate    simdjson, no tree (parse_envelope)                vs  nlohmann tree (the old way)
 //   archive     the body's own bytes (archive_line)                vs  tree re-serialised
@@ -31,7 +31,8 @@ const std::string key = "a-signing-key-of-typical-length-0123456789";
 
 struct Sample {
     std::string name;
-    std::string body;
+    std::string body;    // compact, as Signal Sciences sends it
+    std::string pretty;  // the sample file as it is, with line breaks
 };
 
 // Three bodies that span the samples: the smallest, a typical flag, and the largest.
@@ -42,7 +43,8 @@ const std::vector<Sample>& samples() {
             std::ifstream in(entry.path());
             std::stringstream text;
             text << in.rdbuf();
-            out.push_back({entry.path().stem().string(), text.str()});
+            out.push_back(
+                {entry.path().stem().string(), sigsci::minify_json(text.str()), text.str()});
         }
         std::sort(out.begin(), out.end(),
                   [](const Sample& a, const Sample& b) { return a.body.size() < b.body.size(); });
@@ -112,6 +114,16 @@ void BM_ArchiveLine(benchmark::State& state) {
     label(state, s);
 }
 
+void BM_ArchiveLine_PrettyBody(benchmark::State& state) {  // line breaks: minified first
+    const auto& s = samples()[static_cast<std::size_t>(state.range(0))];
+    const Sample pretty{s.name, s.pretty, s.pretty};
+    const auto event = event_of(pretty);
+    for (auto _ : state) {
+        benchmark::DoNotOptimize(sigsci::archive_line(*event));
+    }
+    label(state, pretty);
+}
+
 void BM_ArchiveLine_FromTree(benchmark::State& state) {  // the peer: parse, rebuild, dump
     const auto& s = samples()[static_cast<std::size_t>(state.range(0))];
     for (auto _ : state) {
@@ -151,6 +163,7 @@ BENCHMARK(BM_Verify_OneShotHmac)->DenseRange(0, 2);
 BENCHMARK(BM_Validate)->DenseRange(0, 2);
 BENCHMARK(BM_Validate_NlohmannTree)->DenseRange(0, 2);
 BENCHMARK(BM_ArchiveLine)->DenseRange(0, 2);
+BENCHMARK(BM_ArchiveLine_PrettyBody)->DenseRange(0, 2);
 BENCHMARK(BM_ArchiveLine_FromTree)->DenseRange(0, 2);
 BENCHMARK(BM_BodyHash)->DenseRange(0, 2);
 BENCHMARK(BM_Route);
