@@ -20,7 +20,7 @@
 # Then two more tables for sigsci-webhookd alone: cost against concurrency (1 to 1,000
 # connections, with idle RSS), and against body size (1 KB to 1 MB).
 #
-# Usage: bench/run.sh [SECONDS_PER_RUN]   (default 5; needs root or SUDO=sudo to install tools)
+# Usage: bench/run.sh [SECONDS_PER_RUN]   (default 5; installs tools with sudo when not root)
 # Environment: SIGSCI_BIN (default: the release build, built here), CONNECTIONS ("1 8 64"),
 #              SKIP_SCALING=1 (only the peers table), BODIES (5000).
 set -euo pipefail
@@ -30,6 +30,7 @@ connections=${CONNECTIONS:-1 8 64}
 body_count=${BODIES:-5000}
 
 # ---- tools -------------------------------------------------------------------------------------
+if [ "$(id -u)" -ne 0 ] && [ -z "${SUDO+set}" ]; then SUDO=sudo; fi
 need=""
 command -v wrk >/dev/null || need="$need wrk"
 command -v nginx >/dev/null || need="$need nginx-light"
@@ -71,6 +72,10 @@ python3 bench/make_bodies.py bench-key "$body_count" "$work/forged.txt" --forge
 
 # ---- servers -----------------------------------------------------------------------------------
 port=18090
+if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    echo "port $port is already in use: the measurements would reach another server" >&2
+    exit 1
+fi
 wait_for() {  # URL: a benchmark script may poll; a test may not
     local i=0
     until curl -s -o /dev/null "$1"; do
