@@ -23,24 +23,10 @@ DeliveryPool::~DeliveryPool() {
 
 void DeliveryPool::run(EventPtr event, HandlerPtr handler,
                        std::function<void(DeliveryOutcome, double)> done) {
-    boost::asio::post(impl_->pool, [event = std::move(event), handler = std::move(handler),
-                                    done = std::move(done)] {
-        const auto started = std::chrono::steady_clock::now();
-        // A handler may call back and then throw; only the first report counts.
-        auto reported = std::make_shared<std::atomic<bool>>(false);
-        auto once = [reported, started, done](DeliveryOutcome outcome) {
-            if (reported->exchange(true)) return;
-            const double ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - started)
-                                  .count();
-            done(std::move(outcome), ms);
-        };
-        try {
-            handler->deliver(event, once);
-        } catch (const std::exception& e) {
-            once({false, std::string("handler threw: ") + e.what()});
-        }
-    });
+    run_batch({std::move(event)}, std::move(handler),
+              [done = std::move(done)](std::size_t, DeliveryOutcome outcome, double ms) {
+                  done(std::move(outcome), ms);
+              });
 }
 
 void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,

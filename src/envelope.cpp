@@ -29,6 +29,14 @@ simdjson::dom::parser& thread_parser() {
 
 constexpr std::array<std::string_view, 3> our_fields{"id", "received_at", "endpoint"};
 
+// Top-level names must be unique: with two "type" fields, this receiver and a consumer of the
+// archive could each believe a different one. Sorts `names`.
+template <class Names>
+bool has_repeats(Names& names) {
+    std::sort(names.begin(), names.end());
+    return std::adjacent_find(names.begin(), names.end()) != names.end();
+}
+
 bool is_ours(std::string_view name) {
     return std::find(our_fields.begin(), our_fields.end(), name) != our_fields.end();
 }
@@ -55,10 +63,7 @@ Result<Envelope> parse_with_tree(std::string_view body) {
     if (too_deep) return Error{"body is nested too deeply"};
     if (doc.is_discarded()) return Error{"body is not valid JSON"};
     if (!doc.is_object()) return Error{"body is not a JSON object"};
-    std::sort(names.begin(), names.end());
-    if (std::adjacent_find(names.begin(), names.end()) != names.end()) {
-        return Error{"envelope repeats a top-level field"};
-    }
+    if (has_repeats(names)) return Error{"envelope repeats a top-level field"};
     const auto type = doc.find("type");
     if (type == doc.end()) return Error{"envelope has no \"type\""};
     if (!type->is_string()) return Error{"envelope \"type\" is not a string"};
@@ -109,12 +114,7 @@ Result<Envelope> parse_envelope(std::string_view body) {
             envelope.shadows_ours = true;
         }
     }
-    // Top-level names must be unique: with two "type" fields, this receiver and a consumer of
-    // the archive could each believe a different one.
-    std::sort(names.begin(), names.end());
-    if (std::adjacent_find(names.begin(), names.end()) != names.end()) {
-        return Error{"envelope repeats a top-level field"};
-    }
+    if (has_repeats(names)) return Error{"envelope repeats a top-level field"};
     if (!has_type) return Error{"envelope has no \"type\""};
     return envelope;
 }
