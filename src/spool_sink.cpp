@@ -589,7 +589,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     r.row.received_ms = now_unix_ms();
     r.row.endpoint = event->endpoint;
     r.row.type = event->envelope.type;
-    r.row.body = event->body;
+    r.row.body = std::shared_ptr<const std::string>(event, &event->body);  // no copy
     r.row.body_hash = body_hash(event->endpoint, event->body);
     for (const auto& h : handlers) r.row.handlers.push_back(h->name());
     r.event = event;

@@ -377,7 +377,7 @@ class SqliteSpool final : public Spool {
         bind(s, 3, e.received_ms);
         bind_static(s, 4, e.endpoint);
         bind_static(s, 5, e.type);
-        bind_static_blob(s, 6, e.body);  // the body is the bulk of the row: not copied again
+        bind_static_blob(s, 6, *e.body);  // the body is the bulk of the row: not copied again
         bind_static_blob(s, 7, e.body_hash);
         step(s);
         const auto seq = sqlite3_last_insert_rowid(db_.get());

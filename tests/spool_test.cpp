@@ -21,7 +21,7 @@ NewEvent new_event(const std::string& id, const std::string& body, std::int64_t 
                     received_ms,
                     "/hook",
                     env ? env.value().type : "?",
-                    body,
+                    std::make_shared<const std::string>(body),
                     body_hash("/hook", body),
                     std::move(handlers)};
 }

@@ -28,7 +28,9 @@ struct NewEvent {
     std::int64_t received_ms = 0;
     std::string endpoint;
     std::string type;
-    std::string body;                   // the raw signed bytes
+    // The raw signed bytes, shared rather than copied: the daemon points it into the accepted
+    // Event, which it keeps alive.
+    std::shared_ptr<const std::string> body;
     std::string body_hash;              // for duplicate detection (32 bytes)
     std::vector<std::string> handlers;  // one pending delivery each
 };
