@@ -3,7 +3,6 @@
 #include <simdjson.h>
 
 #include <algorithm>
-#include <array>
 #include <new>
 #include <vector>
 
@@ -18,16 +17,13 @@ constexpr std::size_t keep_parser_capacity = 256 * 1024;
 
 simdjson::dom::parser& thread_parser() {
     thread_local simdjson::dom::parser parser;
-    thread_local bool sized = false;
-    if (!sized || parser.capacity() > keep_parser_capacity) {
+    // Capacity 0: never allocated on this thread (allocate() also sets the depth cap).
+    if (parser.capacity() == 0 || parser.capacity() > keep_parser_capacity) {
         parser = simdjson::dom::parser();
         if (parser.allocate(4096, max_envelope_depth) != simdjson::SUCCESS) throw std::bad_alloc();
-        sized = true;
     }
     return parser;
 }
-
-constexpr std::array<std::string_view, 3> our_fields{"id", "received_at", "endpoint"};
 
 // Top-level names must be unique: with two "type" fields, this receiver and a consumer of the
 // archive could each believe a different one. Sorts `names`.
@@ -35,10 +31,6 @@ template <class Names>
 bool has_repeats(Names& names) {
     std::sort(names.begin(), names.end());
     return std::adjacent_find(names.begin(), names.end()) != names.end();
-}
-
-bool is_ours(std::string_view name) {
-    return std::find(our_fields.begin(), our_fields.end(), name) != our_fields.end();
 }
 
 // The slow way, for what simdjson refuses but JSON allows: numbers beyond 64-bit integers or
@@ -72,11 +64,16 @@ Result<Envelope> parse_with_tree(std::string_view body) {
     if (const auto created = doc.find("created"); created != doc.end() && created->is_string()) {
         envelope.created = created->get<std::string>();
     }
-    envelope.shadows_ours = std::any_of(names.begin(), names.end(), is_ours);
+    envelope.shadows_ours = std::any_of(names.begin(), names.end(),
+                                        [](const std::string& n) { return is_archive_field(n); });
     return envelope;
 }
 
 }  // namespace
+
+bool is_archive_field(std::string_view name) {
+    return name == "id" || name == "received_at" || name == "endpoint";
+}
 
 Result<Envelope> parse_envelope(std::string_view body) {
     auto& parser = thread_parser();
@@ -110,7 +107,7 @@ Result<Envelope> parse_envelope(std::string_view body) {
             if (field.value.get_string().get(created) == simdjson::SUCCESS) {
                 envelope.created.emplace(created);
             }
-        } else if (is_ours(field.key)) {
+        } else if (is_archive_field(field.key)) {
             envelope.shadows_ours = true;
         }
     }

@@ -70,7 +70,7 @@ Json archive_record(const Event& event) {
     if (doc.is_object()) {
         for (auto it = doc.begin(); it != doc.end(); ++it) {
             const auto& key = it.key();
-            if (key == "id" || key == "received_at" || key == "endpoint") continue;
+            if (is_archive_field(key)) continue;
             record[key] = it.value();
         }
     }

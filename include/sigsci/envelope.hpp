@@ -22,6 +22,10 @@ using Json = nlohmann::ordered_json;
 // recursively could exhaust a thread's stack.
 inline constexpr int max_envelope_depth = 128;
 
+// The fields the archive puts first ("id", "received_at", "endpoint"); an envelope field of the
+// same name is dropped from the archive record.
+bool is_archive_field(std::string_view name);
+
 struct Envelope {
     std::string type;                    // the top-level "type", validated to be a string
     std::optional<std::string> created;  // the top-level "created" when it is a string, as given
