@@ -9,6 +9,7 @@
 #include <benchmark/benchmark.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "sigsci/event.hpp"
 #include "sigsci/router.hpp"
 #include "sigsci/signature.hpp"
+#include "sigsci/spool.hpp"
 #include "sigsci/spool_sink.hpp"
 
 namespace {
@@ -158,6 +160,53 @@ void BM_BodyHash(benchmark::State& state) {  // duplicate detection's key
     label(state, s);
 }
 
+// The spool's cost per event: one durable commit (WAL, synchronous=FULL) of `batch` flag events,
+// each with `handlers` pending deliveries, then (if `outcomes`) the commit that marks those
+// deliveries done, as the daemon does after delivering them. The CPU time column is the whole
+// process's (user and kernel, fdatasync included); it is what a one-core daemon pays.
+void BM_SpoolCommit(benchmark::State& state) {
+    const auto batch = static_cast<std::size_t>(state.range(0));
+    const auto handlers = static_cast<std::size_t>(state.range(1));
+    const bool outcomes = state.range(2) != 0;
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("sigsci-micro-spool-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    {
+        auto spool = sigsci::open_sqlite_spool(dir / "spool.db");
+        const auto body = std::make_shared<const std::string>(samples()[1].body);
+        std::vector<sigsci::NewEvent> rows(batch);
+        std::vector<sigsci::DeliveryUpdate> done;
+        for (auto _ : state) {
+            const auto now = std::chrono::system_clock::now();
+            for (auto& row : rows) {
+                row.id = sigsci::new_event_id(now);
+                row.received_at = "2026-11-30T00:00:00.000Z";
+                row.received_ms = 1;
+                row.endpoint = "/sigsci/prod";
+                row.type = "flag";
+                row.body = body;
+                row.body_hash = sigsci::body_hash(row.id, *body);
+                row.handlers.assign(handlers, "archive");
+                for (std::size_t h = 0; h < handlers; ++h) row.handlers[h] += std::to_string(h);
+            }
+            const auto stored = spool->commit(rows, {});
+            if (outcomes) {
+                done.clear();
+                for (const auto& s : stored) {
+                    for (const auto& h : rows.front().handlers) {
+                        done.push_back({s.seq, h, sigsci::DeliveryState::delivered, 1, 0, {}});
+                    }
+                }
+                spool->commit({}, done);
+            }
+        }
+    }
+    std::filesystem::remove_all(dir);
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * batch));
+    state.SetLabel(std::to_string(samples()[1].body.size()) + " B bodies");
+}
+
 BENCHMARK(BM_Verify)->DenseRange(0, 2);
 BENCHMARK(BM_Verify_OneShotHmac)->DenseRange(0, 2);
 BENCHMARK(BM_Validate)->DenseRange(0, 2);
@@ -168,6 +217,16 @@ BENCHMARK(BM_ArchiveLine_FromTree)->DenseRange(0, 2);
 BENCHMARK(BM_BodyHash)->DenseRange(0, 2);
 BENCHMARK(BM_Route);
 BENCHMARK(BM_EventId);
+BENCHMARK(BM_SpoolCommit)
+    ->ArgNames({"batch", "handlers", "outcomes"})
+    ->Args({1, 1, 1})
+    ->Args({32, 0, 0})
+    ->Args({32, 1, 0})
+    ->Args({32, 1, 1})
+    ->Args({32, 2, 1})
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
+    ->MinTime(2.0);
 
 }  // namespace
 

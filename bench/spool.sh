@@ -37,6 +37,5 @@ JSON
 
 echo "machine: $(nproc) cores, $(uname -r); ${duration}s per run; $(date -u +%Y-%m-%dT%H:%MZ)"
 for c in ${CONNECTIONS:-1 8 64}; do
-    run false "$c"
-    run true "$c"
+    for spool in ${SPOOL:-false true}; do run "$spool" "$c"; done
 done
