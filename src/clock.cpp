@@ -22,13 +22,27 @@ std::int64_t now_unix_ms() {
 std::string format_rfc3339_ms(std::int64_t unix_ms) {
     const std::int64_t ms = ((unix_ms % 1000) + 1000) % 1000;
     const auto secs = static_cast<std::time_t>((unix_ms - ms) / 1000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<int>(ms));
-    return buf;
+    // The text up to the second is kept per thread: every request formats its receipt time, and
+    // gmtime_r plus snprintf cost more than the rest of the event's set-up.
+    thread_local std::time_t cached_secs = -1;
+    thread_local char prefix[64];  // "YYYY-MM-DDTHH:MM:SS", NUL-terminated
+    if (secs != cached_secs) {
+        std::tm tm{};
+        gmtime_r(&secs, &tm);
+        std::snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_secs = secs;
+    }
+    std::string out(prefix);
+    const auto m = static_cast<int>(ms);
+    const char tail[6] = {'.',
+                          static_cast<char>('0' + m / 100),
+                          static_cast<char>('0' + m / 10 % 10),
+                          static_cast<char>('0' + m % 10),
+                          'Z',
+                          '\0'};
+    out += tail;
+    return out;
 }
 
 std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp) {

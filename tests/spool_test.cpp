@@ -34,6 +34,11 @@ TEST(SpoolCli, ParsesDatesAsUtc) {
     EXPECT_EQ(parse_date_ms("2999-01-01"), 32472144000000);  // past system_clock's range
     EXPECT_EQ(format_rfc3339_ms(32472144000000), "2999-01-01T00:00:00.000Z");
     EXPECT_EQ(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    // The second's text is cached per thread: same second, the next one, and back again.
+    EXPECT_EQ(format_rfc3339_ms(1795972586007), "2026-11-29T17:16:26.007Z");
+    EXPECT_EQ(format_rfc3339_ms(1795972586999), "2026-11-29T17:16:26.999Z");
+    EXPECT_EQ(format_rfc3339_ms(1795972587040), "2026-11-29T17:16:27.040Z");
+    EXPECT_EQ(format_rfc3339_ms(1795972586500), "2026-11-29T17:16:26.500Z");
     for (const char* bad : {"", "yesterday", "2026-13-01", "2026-11-29T25:00:00Z",
                             "2026-11-29T17:16:26", "2026-11-29T17:16:26+0100", "1969-12-31"}) {
         EXPECT_FALSE(parse_date_ms(bad)) << bad;
