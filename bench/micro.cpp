@@ -160,14 +160,18 @@ void BM_BodyHash(benchmark::State& state) {  // duplicate detection's key
     label(state, s);
 }
 
-// The spool's cost per event: one durable commit (WAL, synchronous=FULL) of `batch` flag events,
-// each with `handlers` pending deliveries, then (if `outcomes`) the commit that marks those
-// deliveries done, as the daemon does after delivering them. The CPU time column is the whole
-// process's (user and kernel, fdatasync included); it is what a one-core daemon pays.
+// The spool's cost per event: one durable commit (WAL, synchronous=FULL) of `batch` flag events
+// routed to `handlers` handlers, then the commit that records those deliveries done:
+//   outcomes 0: none (the insert alone);
+//   outcomes 1: a pending row per delivery, each updated to delivered afterwards (the old way);
+//   outcomes 2: deliveries run from memory, recorded by one progress mark per handler (the
+//               daemon's way since the mark was introduced).
+// The CPU time column is the whole process's (user and kernel, fdatasync included): it is what a
+// one-core daemon pays.
 void BM_SpoolCommit(benchmark::State& state) {
     const auto batch = static_cast<std::size_t>(state.range(0));
     const auto handlers = static_cast<std::size_t>(state.range(1));
-    const bool outcomes = state.range(2) != 0;
+    const auto outcomes = state.range(2);
     const auto dir = std::filesystem::temp_directory_path() /
                      ("sigsci-micro-spool-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
@@ -189,9 +193,15 @@ void BM_SpoolCommit(benchmark::State& state) {
                 row.body_hash = sigsci::body_hash(row.id, *body);
                 row.handlers.assign(handlers, "archive");
                 for (std::size_t h = 0; h < handlers; ++h) row.handlers[h] += std::to_string(h);
+                row.deliveries_in_memory = outcomes == 2;
             }
             const auto stored = spool->commit(rows, {});
-            if (outcomes) {
+            if (outcomes == 2) {
+                std::vector<sigsci::ProgressMark> marks;
+                for (const auto& h : rows.front().handlers)
+                    marks.push_back({h, stored.back().seq + 1});
+                spool->commit({}, {}, marks);
+            } else if (outcomes == 1) {
                 done.clear();
                 for (const auto& s : stored) {
                     for (const auto& h : rows.front().handlers) {
@@ -220,10 +230,12 @@ BENCHMARK(BM_EventId);
 BENCHMARK(BM_SpoolCommit)
     ->ArgNames({"batch", "handlers", "outcomes"})
     ->Args({1, 1, 1})
+    ->Args({1, 1, 2})
     ->Args({32, 0, 0})
-    ->Args({32, 1, 0})
     ->Args({32, 1, 1})
+    ->Args({32, 1, 2})
     ->Args({32, 2, 1})
+    ->Args({32, 2, 2})
     ->MeasureProcessCPUTime()
     ->UseRealTime()
     ->MinTime(2.0);

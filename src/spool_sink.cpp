@@ -122,6 +122,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     struct OutcomeRequest {
         DeliveryUpdate update;
         std::string event_id;
+        // Run from memory (an event stored with deliveries_in_memory, first attempt): a success
+        // moves the handler's progress mark instead of writing a row.
+        bool in_memory = false;
         // Writes the `delivery` line once the outcome is committed, so the log never reports a
         // state the spool does not hold yet.
         std::function<void()> log;
@@ -161,6 +164,15 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::mt19937_64 rng;  // guarded by mutex
 
     RecentBodies recent{max_recent_bodies};  // writer thread only
+
+    // Writer thread only: per handler, the seqs of deliveries running from memory (stored with
+    // deliveries_in_memory) whose outcome is not committed yet. A handler's progress mark is the
+    // lowest of them, or past the last stored event when there are none.
+    std::map<std::string, std::set<std::int64_t>, std::less<>> outstanding;
+    std::map<std::string, std::int64_t, std::less<>> marks_written;
+    std::int64_t last_seq = 0;
+    std::atomic<std::uint64_t> running_in_memory{
+        0};  // deliveries in `outstanding`, for the backlog
 
     std::atomic<std::uint64_t> backlog{0};
     std::atomic<std::uint64_t> dead{0};
@@ -238,40 +250,75 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         std::vector<DeliveryUpdate> ups;
         ups.reserve(updates.size());
-        for (const auto& u : updates) ups.push_back(u.update);
+        // Outcomes of deliveries run from memory leave `outstanding` now; a success needs no
+        // row, only the mark below. Put back if nothing is committed.
+        std::vector<std::pair<std::string, std::int64_t>> resolved;
+        for (const auto& u : updates) {
+            if (u.in_memory) {
+                resolved.emplace_back(u.update.handler, u.update.seq);
+                if (const auto it = outstanding.find(u.update.handler); it != outstanding.end())
+                    it->second.erase(u.update.seq);
+                if (u.update.state == DeliveryState::delivered) continue;
+            }
+            ups.push_back(u.update);
+        }
+        const auto marks = progress_marks();
+        bool outcomes_committed = false;
 
         std::string error;
         try {
-            const auto stored = writer_db->commit(rows, ups);
+            const auto stored = writer_db->commit(rows, ups, marks);
             for (std::size_t k = 0; k < stored.size(); ++k) {
                 decisions[stored_index[k]].seq = stored[k].seq;
+                last_seq = std::max(last_seq, stored[k].seq);
                 if (dedupe) recent.add(rows[k].body_hash, rows[k].id, rows[k].received_ms);
             }
-            ups.clear();
+            outcomes_committed = true;
         } catch (const SpoolError& e) {
             error = e.what();
         }
-        if (!error.empty() && !rows.empty() && !ups.empty()) {
+        if (!error.empty() && !rows.empty() && (!ups.empty() || !marks.empty())) {
             // The new events may be what failed (a full disk); outcomes must still be recorded,
             // or the deliveries behind them would be run again.
             try {
-                writer_db->commit({}, ups);
-                ups.clear();
+                writer_db->commit({}, ups, marks);
+                outcomes_committed = true;
             } catch (const SpoolError&) {
             }
         }
+        if (outcomes_committed) {
+            for (const auto& m : marks) marks_written[m.handler] = m.done_below;
+        } else {
+            for (const auto& [handler, seq] : resolved) outstanding[handler].insert(seq);
+        }
         if (!error.empty()) {
             log::error("spool write failed",
-                       {{"error", error}, {"events", rows.size()}, {"updates", ups.size()}});
+                       {{"error", error},
+                        {"events", rows.size()},
+                        {"updates", outcomes_committed ? 0 : updates.size()}});
         }
         finish_stores(batch, decisions, error);
-        finish_outcomes(updates, ups.empty());
+        finish_outcomes(updates, outcomes_committed);
+        std::size_t running = 0;
+        for (const auto& [handler, seqs] : outstanding) running += seqs.size();
+        running_in_memory.store(running);
         if (!error.empty()) {
             // Back off before the next try, so a full disk does not become a busy loop.
             std::unique_lock lock(mutex);
             writer_cv.wait_for(lock, failed_commit_backoff,
                                [&] { return stopping && claims.empty(); });
         }
+    }
+
+    // The marks that moved since they were last written.
+    std::vector<ProgressMark> progress_marks() const {
+        std::vector<ProgressMark> out;
+        for (const auto& [handler, seqs] : outstanding) {
+            const auto mark = seqs.empty() ? last_seq + 1 : *seqs.begin();
+            const auto it = marks_written.find(handler);
+            if (it == marks_written.end() || it->second < mark) out.push_back({handler, mark});
+        }
+        return out;
     }
 
     // Deliveries of one handler started together (one pool job).
@@ -309,6 +356,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             // Start (or hand back) the deliveries before answering: the answer may be what a
             // shutdown waits for, and a started delivery is one the drain then waits for.
             if (r.fast) {
+                // Outstanding until its outcome is committed; one handed back stays so, which
+                // holds the mark below it until the next start gives it a row.
+                for (const auto& h : r.handlers) outstanding[h->name()].insert(d.seq);
                 if (stopping_now) {
                     release_claims(r);  // stored and pending: delivered after the next start
                 } else {
@@ -392,9 +442,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     // ---- deliveries -------------------------------------------------------------------------
 
+    // Deliveries of events just stored with deliveries_in_memory.
     void start_deliveries(DeliveryGroup group) {
         if (group.events.size() == 1) {
-            start_delivery(group.events.front(), group.seqs.front(), group.handler, 1);
+            start_delivery(group.events.front(), group.seqs.front(), group.handler, 1, true);
             return;
         }
         auto self = shared_from_this();
@@ -406,22 +457,23 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                        [self, group = std::move(group), name](std::size_t i,
                                                               DeliveryOutcome outcome, double ms) {
                            self->record_outcome(group.events[i], group.seqs[i], name, 1,
-                                                std::move(outcome), ms);
+                                                std::move(outcome), ms, true);
                        });
     }
 
     void start_delivery(const EventPtr& event, std::int64_t seq, const HandlerPtr& handler,
-                        int attempt) {
+                        int attempt, bool in_memory) {
         auto self = shared_from_this();
         const std::string name = handler->name();
         pool.run(event, handler,
-                 [self, event, seq, name, attempt](DeliveryOutcome outcome, double ms) {
-                     self->record_outcome(event, seq, name, attempt, std::move(outcome), ms);
+                 [self, event, seq, name, attempt, in_memory](DeliveryOutcome outcome, double ms) {
+                     self->record_outcome(event, seq, name, attempt, std::move(outcome), ms,
+                                          in_memory);
                  });
     }
 
     void record_outcome(const EventPtr& event, std::int64_t seq, const std::string& handler,
-                        int attempt, DeliveryOutcome outcome, double ms) {
+                        int attempt, DeliveryOutcome outcome, double ms, bool in_memory) {
         DeliveryUpdate u{seq, handler, DeliveryState::delivered, attempt, 0, outcome.error};
         std::string status = "delivered";
         log::Fields extra = log::Fields::object();
@@ -448,7 +500,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             if (m) m->delivery(handler, status, ms / 1000);
         };
         std::lock_guard lock(mutex);
-        outcomes.push_back({std::move(u), event->id, std::move(write_log)});
+        outcomes.push_back({std::move(u), event->id, in_memory, std::move(write_log)});
         if (writer_waiting) writer_cv.notify_one();
     }
 
@@ -495,7 +547,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void refresh_stats(bool log_it) {
-        const auto [pending, dead_count] = reader_db->backlog_and_dead();
+        auto [pending, dead_count] = reader_db->backlog_and_dead();
+        pending += running_in_memory.load();
         backlog.store(pending);
         dead.store(dead_count);
         if (log_it && (pending > 0 || dead_count > 0)) {
@@ -548,11 +601,12 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 outcomes.push_back(
                     {{row.seq, row.handler, DeliveryState::dead, row.attempts, 0, why},
                      stored->id,
+                     false,
                      std::move(write_log)});
                 if (writer_waiting) writer_cv.notify_one();
                 continue;
             }
-            start_delivery(event, row.seq, handler, row.attempts + 1);
+            start_delivery(event, row.seq, handler, row.attempts + 1, false);
         }
     }
 };
@@ -610,6 +664,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     // Claim before the commit makes the rows visible, so the poller cannot start them too.
     if (impl_->claims.size() + r.handlers.size() <= max_in_flight) {
         r.fast = true;
+        r.row.deliveries_in_memory = true;
         for (const auto& h : r.handlers) impl_->claims.insert({event->id, h->name()});
     }
     impl_->stores.push_back(std::move(r));

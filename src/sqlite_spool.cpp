@@ -1,7 +1,9 @@
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "sigsci/spool.hpp"
 
@@ -46,7 +48,8 @@ CREATE TABLE IF NOT EXISTS events (
     endpoint    TEXT NOT NULL,
     type        TEXT NOT NULL,
     body        BLOB NOT NULL,
-    body_hash   BLOB NOT NULL
+    body_hash   BLOB NOT NULL,
+    handlers    TEXT NOT NULL DEFAULT '[]'  -- JSON array of the routed handlers' names
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     event_seq       INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
@@ -60,19 +63,65 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- Partial indexes: a delivery that is done leaves them, and nothing grows with delivered rows.
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_attempt_ms) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(event_seq) WHERE state = 'dead';
+-- Per handler: deliveries of events stored with deliveries_in_memory and seq < done_below are
+-- finished; with no row, they were delivered (see spool.hpp).
+CREATE TABLE IF NOT EXISTS progress (
+    handler    TEXT PRIMARY KEY,
+    done_below INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Indexes of earlier development versions.
 DROP INDEX IF EXISTS deliveries_due;
 DROP INDEX IF EXISTS events_by_hash;
 DROP INDEX IF EXISTS events_by_time;
-PRAGMA user_version = 1;
 )sql";
+
+// Every delivery, with a row or implicit: what operators see. An event's routed handler with a
+// progress mark and no row is delivered below the mark and pending at or above it.
+constexpr const char* view = R"sql(
+CREATE VIEW IF NOT EXISTS delivery_states AS
+SELECT event_seq, handler, state, attempts, next_attempt_ms, last_error FROM deliveries
+UNION ALL
+SELECT e.seq, h.value,
+       CASE WHEN e.seq < p.done_below THEN 'delivered' ELSE 'pending' END,
+       CASE WHEN e.seq < p.done_below THEN 1 ELSE 0 END,
+       e.received_ms, NULL
+FROM events e, json_each(e.handlers) h JOIN progress p ON p.handler = h.value
+WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.handler = h.value);
+PRAGMA user_version = 2;
+)sql";
+
+// The handler names as a JSON array of strings (names are config keys: any UTF-8 text).
+std::string json_names(const std::vector<std::string>& names) {
+    std::string out = "[";
+    for (const auto& n : names) {
+        if (out.size() > 1) out += ',';
+        out += '"';
+        for (const char c : n) {
+            const auto u = static_cast<unsigned char>(c);
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += c;
+            } else if (u < 0x20) {
+                static constexpr char hex[] = "0123456789abcdef";
+                out += "\\u00";
+                out += hex[u >> 4];
+                out += hex[u & 0xf];
+            } else {
+                out += c;
+            }
+        }
+        out += '"';
+    }
+    out += ']';
+    return out;
+}
 
 // The columns read_deliveries() expects. A macro so that each statement stays one literal (the
 // statement cache is keyed by the literal's address).
-#define SELECT_DELIVERIES                                                                       \
-    "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "          \
-    "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON e.seq = " \
-    "d.event_seq "
+#define SELECT_DELIVERIES                                                                    \
+    "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "       \
+    "d.next_attempt_ms, COALESCE(d.last_error, '') FROM delivery_states d JOIN events e ON " \
+    "e.seq = d.event_seq "
 
 class SqliteSpool final : public Spool {
   public:
@@ -92,7 +141,21 @@ class SqliteSpool final : public Spool {
         exec("PRAGMA foreign_keys = ON");
         // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
         exec("PRAGMA journal_size_limit = 67108864");
-        exec(schema);
+        // One transaction, so that two processes opening an older spool at once migrate it once.
+        exec("BEGIN IMMEDIATE");
+        try {
+            exec(schema);
+            if (query_int(
+                    "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'handlers'") ==
+                0) {
+                exec("ALTER TABLE events ADD COLUMN handlers TEXT NOT NULL DEFAULT '[]'");
+            }
+            exec(view);
+            exec("COMMIT");
+        } catch (...) {
+            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
         if (options.max_bytes > 0) {
             const auto page_size = query_int("PRAGMA page_size");
             const auto pages =
@@ -102,22 +165,33 @@ class SqliteSpool final : public Spool {
     }
 
     std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
-                                     std::span<const DeliveryUpdate> updates) override {
+                                     std::span<const DeliveryUpdate> updates,
+                                     std::span<const ProgressMark> marks) override {
         std::vector<StoreOutcome> out;
         out.reserve(events.size());
         // New events are what a 200 promises: their commit waits for the disk. Outcomes alone
         // need not: losing one to a power cut means a delivery runs again (at-least-once), and
         // the next events' commit makes them durable too, as WAL commits are ordered.
         set_synchronous(events.empty() ? "NORMAL" : "FULL");
-        step(stmt("BEGIN IMMEDIATE"));  // prepared once, like every statement of the hot path
+        step(stmt("BEGIN IMMEDIATE"));       // prepared once, like every statement of the hot path
+        std::vector<std::string> new_marks;  // handlers given their first mark here
         try {
-            for (const auto& e : events) out.push_back(store_one(e));
+            for (const auto& e : events) out.push_back(store_one(e, new_marks));
             for (const auto& u : updates) update_one(u);
+            for (const auto& m : marks) {
+                auto& s = stmt(
+                    "INSERT INTO progress (handler, done_below) VALUES (?1, ?2) ON CONFLICT "
+                    "(handler) DO UPDATE SET done_below = MAX(done_below, excluded.done_below)");
+                bind_static(s, 1, m.handler);
+                bind(s, 2, m.done_below);
+                step(s);
+            }
             step(stmt("COMMIT"));
         } catch (...) {
             sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
             throw;
         }
+        marked_.insert(new_marks.begin(), new_marks.end());
         return out;
     }
 
@@ -136,12 +210,34 @@ class SqliteSpool final : public Spool {
     }
 
     std::size_t resume_all(std::int64_t now_ms) override {
-        auto& s = stmt(
-            "UPDATE deliveries SET next_attempt_ms = ?1 WHERE state = 'pending' AND "
-            "next_attempt_ms > ?1");
-        bind(s, 1, now_ms);
-        step(s);
-        return static_cast<std::size_t>(sqlite3_changes(db_.get()));
+        step(stmt("BEGIN IMMEDIATE"));
+        try {
+            // What the previous run was delivering from memory when it stopped gets a row. Only
+            // events at or above the lowest mark can have such a delivery.
+            auto& rows = stmt(
+                "INSERT INTO deliveries (event_seq, handler, state, attempts, next_attempt_ms) "
+                "SELECT e.seq, h.value, 'pending', 0, ?1 FROM events e, json_each(e.handlers) h "
+                "JOIN progress p ON p.handler = h.value WHERE e.seq >= (SELECT MIN(done_below) "
+                "FROM progress) AND e.seq >= p.done_below AND NOT EXISTS (SELECT 1 FROM "
+                "deliveries d WHERE d.event_seq = e.seq AND d.handler = h.value)");
+            bind(rows, 1, now_ms);
+            step(rows);
+            auto n = static_cast<std::size_t>(sqlite3_changes(db_.get()));
+            step(
+                stmt("UPDATE progress SET done_below = (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
+                     "events)"));
+            auto& s = stmt(
+                "UPDATE deliveries SET next_attempt_ms = ?1 WHERE state = 'pending' AND "
+                "next_attempt_ms > ?1");
+            bind(s, 1, now_ms);
+            step(s);
+            n += static_cast<std::size_t>(sqlite3_changes(db_.get()));
+            step(stmt("COMMIT"));
+            return n;
+        } catch (...) {
+            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
     }
 
     std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) override {
@@ -198,7 +294,7 @@ class SqliteSpool final : public Spool {
     SpoolStats stats() override {
         SpoolStats st;
         st.events = static_cast<std::uint64_t>(query_int("SELECT COUNT(*) FROM events"));
-        auto& s = stmt("SELECT state, COUNT(*) FROM deliveries GROUP BY state");
+        auto& s = stmt("SELECT state, COUNT(*) FROM delivery_states GROUP BY state");
         while (step(s)) {
             const auto n = static_cast<std::uint64_t>(column_int(s, 1));
             switch (state_from(column_text(s, 0))) {
@@ -214,8 +310,8 @@ class SqliteSpool final : public Spool {
             }
         }
         auto& o = stmt(
-            "SELECT MIN(e.received_ms) FROM deliveries d JOIN events e ON e.seq = d.event_seq "
-            "WHERE d.state = 'pending'");
+            "SELECT MIN(e.received_ms) FROM delivery_states d JOIN events e ON e.seq = "
+            "d.event_seq WHERE d.state = 'pending'");
         if (step(o) && sqlite3_column_type(o.get(), 0) != SQLITE_NULL)
             st.oldest_pending_ms = column_int(o, 0);
         sqlite3_reset(o.get());
@@ -227,7 +323,7 @@ class SqliteSpool final : public Spool {
             // seq grows with arrival, so walking it from the start meets the oldest first; no
             // index on received_ms is kept just for this.
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received_ms < ? "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND "
+            "AND NOT EXISTS (SELECT 1 FROM delivery_states d WHERE d.event_seq = e.seq AND "
             "d.state != 'delivered') ORDER BY seq LIMIT ?)");
         bind(s, 1, before_ms);
         bind(s, 2, static_cast<std::int64_t>(limit));
@@ -368,10 +464,11 @@ class SqliteSpool final : public Spool {
         return out;
     }
 
-    StoreOutcome store_one(const NewEvent& e) {
+    StoreOutcome store_one(const NewEvent& e, std::vector<std::string>& new_marks) {
         auto& s = stmt(
-            "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)");
+            "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash, "
+            "handlers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+        const auto names = json_names(e.handlers);
         bind_static(s, 1, e.id);
         bind_static(s, 2, e.received_at);
         bind(s, 3, e.received_ms);
@@ -379,8 +476,26 @@ class SqliteSpool final : public Spool {
         bind_static(s, 5, e.type);
         bind_static_blob(s, 6, *e.body);  // the body is the bulk of the row: not copied again
         bind_static_blob(s, 7, e.body_hash);
+        bind_static(s, 8, names);
         step(s);
         const auto seq = sqlite3_last_insert_rowid(db_.get());
+        if (e.deliveries_in_memory) {
+            // No rows; the handler needs a mark, or its implicit deliveries would not exist.
+            for (const auto& h : e.handlers) {
+                if (marked_.contains(h) ||
+                    std::find(new_marks.begin(), new_marks.end(), h) != new_marks.end()) {
+                    continue;
+                }
+                auto& m = stmt(
+                    "INSERT INTO progress (handler, done_below) VALUES (?, ?) ON CONFLICT DO "
+                    "NOTHING");
+                bind_static(m, 1, h);
+                bind(m, 2, seq);
+                step(m);
+                new_marks.push_back(h);
+            }
+            return {e.id, seq};
+        }
         for (const auto& h : e.handlers) {
             auto& ins = stmt(
                 "INSERT INTO deliveries (event_seq, handler, state, attempts, next_attempt_ms) "
@@ -394,9 +509,14 @@ class SqliteSpool final : public Spool {
     }
 
     void update_one(const DeliveryUpdate& u) {
+        // A delivery run from memory has no row until its first failure. An event purged
+        // meanwhile gets none.
         auto& s = stmt(
-            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_ms = ?, last_error = ? "
-            "WHERE event_seq = ? AND handler = ?");
+            "INSERT INTO deliveries (state, attempts, next_attempt_ms, last_error, event_seq, "
+            "handler) SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM events WHERE seq "
+            "= ?5) ON CONFLICT (event_seq, handler) DO UPDATE SET state = excluded.state, attempts "
+            "= excluded.attempts, next_attempt_ms = excluded.next_attempt_ms, last_error = "
+            "excluded.last_error");
         bind(s, 1, std::string(to_string(u.state)));
         bind(s, 2, static_cast<std::int64_t>(u.attempts));
         bind(s, 3, u.next_attempt_ms);
@@ -414,6 +534,7 @@ class SqliteSpool final : public Spool {
     std::string synchronous_;
     Db db_;
     std::unordered_map<const char*, Stmt> stmts_;
+    std::unordered_set<std::string> marked_;  // handlers known to have a progress row
 };
 
 }  // namespace

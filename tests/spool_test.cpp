@@ -3,6 +3,8 @@
 #include <condition_variable>
 #include <mutex>
 
+#include <sqlite3.h>
+
 #include "sigsci/clock.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/spool.hpp"
@@ -24,6 +26,27 @@ NewEvent new_event(const std::string& id, const std::string& body, std::int64_t 
                     std::make_shared<const std::string>(body),
                     body_hash("/hook", body),
                     std::move(handlers)};
+}
+
+NewEvent in_memory_event(const std::string& id, const std::string& body, std::int64_t received_ms,
+                         std::vector<std::string> handlers) {
+    auto e = new_event(id, body, received_ms, std::move(handlers));
+    e.deliveries_in_memory = true;
+    return e;
+}
+
+// Direct SQL on a spool file, for what the interface does not show (which rows exist) and for
+// building a spool the way an older version left it.
+std::int64_t count_rows(const std::filesystem::path& db, const std::string& sql) {
+    sqlite3* raw = nullptr;
+    EXPECT_EQ(sqlite3_open(db.c_str(), &raw), SQLITE_OK);
+    sqlite3_stmt* s = nullptr;
+    EXPECT_EQ(sqlite3_prepare_v2(raw, sql.c_str(), -1, &s, nullptr), SQLITE_OK) << sql;
+    std::int64_t n = -1;
+    if (sqlite3_step(s) == SQLITE_ROW) n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(raw);
+    return n;
 }
 
 TEST(SpoolCli, ParsesDatesAsUtc) {
@@ -155,6 +178,106 @@ TEST_F(SqliteSpoolTest, SurvivesReopening) {
     spool = open_sqlite_spool(dir / "spool.db");
     EXPECT_TRUE(spool->find("e1"));
     EXPECT_EQ(spool->stats().pending, 1u);
+}
+
+// Deliveries run from memory have no rows: a progress mark per handler says which are done, a
+// failure gets a row, and every reader sees both.
+TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
+    const auto out = store({in_memory_event("e1", test::sample("flag"), 1000, {"a", "b"}),
+                            in_memory_event("e2", test::sample("listCreated"), 1000, {"a", "b"})});
+    const auto e1 = out[0].seq;
+    const auto e2 = out[1].seq;
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 0);
+    EXPECT_TRUE(spool->due(9000, 10).empty());  // running from memory: not the poller's
+    EXPECT_EQ(spool->stats().pending, 4u);
+    EXPECT_EQ(spool->list(DeliveryState::pending, "", 10).size(), 4u);
+    EXPECT_EQ(spool->backlog_and_dead().first, 0u);  // rows only: the owner counts the rest
+
+    // a finished e1; b failed e1 once (a row, due later) and finished e2.
+    const std::vector<DeliveryUpdate> failed = {
+        {e1, "b", DeliveryState::pending, 1, 5000, "refused"}};
+    spool->commit({}, failed, std::vector<ProgressMark>{{"a", e2}, {"b", e2 + 1}});
+    auto st = spool->stats();
+    EXPECT_EQ(st.delivered, 2u);  // (e1, a) and (e2, b)
+    EXPECT_EQ(st.pending, 2u);    // (e1, b) by its row, (e2, a) above a's mark
+    ASSERT_EQ(spool->due(5000, 10).size(), 1u);
+    EXPECT_EQ(spool->due(5000, 10)[0].handler, "b");
+    const auto of_e1 = spool->deliveries_of("e1");
+    ASSERT_EQ(of_e1.size(), 2u);
+    for (const auto& d : of_e1) {
+        EXPECT_EQ(d.state, d.handler == "a" ? DeliveryState::delivered : DeliveryState::pending);
+        EXPECT_EQ(d.last_error, d.handler == "a" ? "" : "refused");
+    }
+    EXPECT_EQ(spool->prune(9000, 10), 0u);  // neither event is fully delivered
+
+    // Marks never move back; once a passes e2 and b's row is delivered, both can go.
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", e2 + 1}, {"b", e1}});
+    const std::vector<DeliveryUpdate> retried = {{e1, "b", DeliveryState::delivered, 2, 0, ""}};
+    spool->commit({}, retried);
+    st = spool->stats();
+    EXPECT_EQ(st.delivered, 4u);
+    EXPECT_EQ(st.pending, 0u);
+    EXPECT_EQ(spool->prune(9000, 10), 2u);
+}
+
+// What a run was delivering from memory when it stopped (or was killed) gets a row at the next
+// start, due at once; what it had finished does not run again.
+TEST_F(SqliteSpoolTest, ResumeGivesRowsToWhatWasRunningFromMemory) {
+    const auto out = store({in_memory_event("done", test::sample("flag"), 1000, {"a"}),
+                            in_memory_event("cut", test::sample("listCreated"), 1000, {"a"}),
+                            new_event("polled", test::sample("ruleCreated"), 1000, {"a"})});
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", out[1].seq}});
+    spool.reset();
+    spool = open_sqlite_spool(dir / "spool.db");
+    EXPECT_EQ(spool->resume_all(2000), 1u);  // "cut" gets its row; "polled" had one, due
+    const auto due = spool->due(2000, 10);   // oldest due first
+    ASSERT_EQ(due.size(), 2u);
+    EXPECT_EQ(due[0].event_id, "polled");
+    EXPECT_EQ(due[1].event_id, "cut");
+    EXPECT_EQ(due[1].attempts, 0);
+    EXPECT_EQ(spool->stats().delivered, 1u);
+    EXPECT_EQ(spool->resume_all(3000), 0u);  // nothing is made twice
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 2);
+    // New in-memory events after the start are pending above the moved mark.
+    store({in_memory_event("next", test::sample("ruleDeleted"), 4000, {"a"})});
+    EXPECT_EQ(spool->stats().pending, 3u);
+}
+
+// A spool written by the version before progress marks opens, keeps its rows, and takes new
+// events of either kind.
+TEST_F(SqliteSpoolTest, OpensASpoolFromBeforeProgressMarks) {
+    spool.reset();
+    const auto path = dir / "old.db";
+    {
+        sqlite3* raw = nullptr;
+        ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+        const char* v1 = R"sql(
+PRAGMA journal_mode = WAL;
+CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, received_at TEXT NOT NULL,
+    received_ms INTEGER NOT NULL, endpoint TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL,
+    body_hash BLOB NOT NULL);
+CREATE TABLE deliveries (event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    handler TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL, last_error TEXT, PRIMARY KEY (event_seq, handler))
+    WITHOUT ROWID;
+INSERT INTO events VALUES (1, 'old', '1970-01-01T00:00:01.000Z', 1000, '/hook', 'flag', '{}', x'00');
+INSERT INTO deliveries VALUES (1, 'a', 'pending', 0, 1000, NULL);
+PRAGMA user_version = 1;
+)sql";
+        ASSERT_EQ(sqlite3_exec(raw, v1, nullptr, nullptr, nullptr), SQLITE_OK);
+        sqlite3_close(raw);
+    }
+    spool = open_sqlite_spool(path);
+    EXPECT_EQ(count_rows(path, "PRAGMA user_version"), 2);
+    EXPECT_EQ(spool->stats().pending, 1u);
+    ASSERT_EQ(spool->due(1000, 10).size(), 1u);
+    const auto out = spool->commit(
+        std::vector<NewEvent>{in_memory_event("new", test::sample("flag"), 2000, {"a"}),
+                              new_event("rows", test::sample("flag"), 2000, {"a"})},
+        {});
+    EXPECT_EQ(spool->stats().pending, 3u);
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", out[1].seq + 1}});
+    EXPECT_EQ(spool->stats().pending, 2u);  // "old" and "rows" keep their rows
 }
 
 TEST_F(SqliteSpoolTest, FullSpoolFailsTheWholeCommitAndKeepsWhatWasThere) {
@@ -403,12 +526,14 @@ TEST_F(SpoolSinkTest, DuplicateWindowZeroTurnsDetectionOff) {
 }
 
 TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
-    // Left behind by a process that stopped before delivering (one never tried, one mid-backoff).
+    // Left behind by a process that stopped before delivering (one never tried, one mid-backoff,
+    // one it was delivering from memory when it was killed).
     {
         auto spool = open_sqlite_spool(config.path);
         const std::vector<NewEvent> events = {
             new_event("left-1", test::sample("flag"), now_unix_ms(), {"h"}),
-            new_event("left-2", test::sample("expireFlag"), now_unix_ms(), {"h"})};
+            new_event("left-2", test::sample("expireFlag"), now_unix_ms(), {"h"}),
+            in_memory_event("left-3", test::sample("listCreated"), now_unix_ms(), {"h"})};
         const auto out = spool->commit(events, {});
         // Its backoff runs for an hour; a restart tries it at once all the same.
         const std::vector<DeliveryUpdate> ups = {
@@ -421,9 +546,9 @@ TEST_F(SpoolSinkTest, PendingDeliveriesResumeOnStart) {
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
     auto calls = h->calls();
     std::sort(calls.begin(), calls.end());
-    EXPECT_EQ(calls, (std::vector<std::string>{"left-1", "left-2"}));
+    EXPECT_EQ(calls, (std::vector<std::string>{"left-1", "left-2", "left-3"}));
     const auto lines = delivery_lines("h");
-    ASSERT_EQ(lines.size(), 2u);
+    ASSERT_EQ(lines.size(), 3u);
     for (auto line : lines) EXPECT_EQ(line["attempt"], line["event_id"] == "left-2" ? 2 : 1);
 }
 
@@ -460,6 +585,29 @@ TEST_F(SpoolSinkTest, FullSpoolRefusesNewEventsButKeepsRecordingOutcomes) {
     EXPECT_EQ(h->calls().size(), static_cast<std::size_t>(accepted));
     EXPECT_EQ(open_sqlite_spool(config.path)->stats().delivered,
               static_cast<std::uint64_t>(accepted));
+}
+
+// The usual path writes no delivery rows: each success only moves the handler's mark, and the
+// spool still shows every delivery as delivered.
+TEST_F(SpoolSinkTest, DeliveriesFromMemoryWriteNoRows) {
+    auto a = std::make_shared<FlakyHandler>("a", 0);
+    auto b = std::make_shared<FlakyHandler>("b", 0);
+    add(a);
+    add(b);
+    start();
+    for (int i = 0; i < 20; ++i) {
+        ASSERT_EQ(submit(test::numbered(test::sample("flag"), i), {a, b}).status,
+                  SubmitResult::Status::accepted);
+    }
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(a->calls().size(), 20u);
+    EXPECT_EQ(b->calls().size(), 20u);
+    EXPECT_EQ(sink->stats().backlog, 0u);
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries"), 0);
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM progress"), 2);
+    const auto st = open_sqlite_spool(config.path)->stats();
+    EXPECT_EQ(st.delivered, 40u);
+    EXPECT_EQ(st.pending, 0u);
 }
 
 }  // namespace

@@ -2,6 +2,15 @@
 // Durable storage of accepted events and the state of each (event, handler) delivery. SQLite is
 // the embedded implementation; the interface is what a replicated backend would implement.
 // A Spool object is one connection: use it from one thread at a time.
+//
+// A delivery's state is held in one of two ways:
+//   - as a row (pending, delivered or dead, with attempts and last error): deliveries the poller
+//     drives, retries, and anything that failed once;
+//   - implicitly, for an event stored with `deliveries_in_memory`: the daemon runs those
+//     deliveries straight from memory and records only their progress per handler, a mark
+//     `done_below`. Such a delivery with no row is delivered when its event's seq is below the
+//     handler's mark, and pending otherwise. A failure writes a row (which then wins).
+// This halves what the spool writes per event. Every reader (stats, list, prune) sees both.
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -33,6 +42,9 @@ struct NewEvent {
     std::shared_ptr<const std::string> body;
     std::string body_hash;              // for duplicate detection (32 bytes)
     std::vector<std::string> handlers;  // one pending delivery each
+    // The caller runs these deliveries from memory and reports them with progress marks (or, on
+    // failure, a DeliveryUpdate): no delivery rows are written for them.
+    bool deliveries_in_memory = false;
 };
 
 struct StoreOutcome {
@@ -47,6 +59,13 @@ struct DeliveryUpdate {
     int attempts = 0;
     std::int64_t next_attempt_ms = 0;
     std::string error;
+};
+
+// Every delivery to `handler` of an event stored with deliveries_in_memory and seq < done_below
+// has finished: it is delivered unless a row says otherwise. Marks only move forward.
+struct ProgressMark {
+    std::string handler;
+    std::int64_t done_below = 0;
 };
 
 struct DueDelivery {
@@ -94,10 +113,12 @@ class Spool {
   public:
     virtual ~Spool() = default;
 
-    // One transaction: stores each event, then applies each update. Durable on return when it
-    // stored events. Throws SpoolError when nothing was committed.
+    // One transaction: stores each event, then applies each update (creating the delivery's row
+    // if it has none) and each progress mark. Durable on return when it stored events. Throws
+    // SpoolError when nothing was committed.
     virtual std::vector<StoreOutcome> commit(std::span<const NewEvent> events,
-                                             std::span<const DeliveryUpdate> updates) = 0;
+                                             std::span<const DeliveryUpdate> updates,
+                                             std::span<const ProgressMark> marks = {}) = 0;
 
     // The newest events received at or after `since_ms` (at most `limit`), newest first: what
     // duplicate detection needs to know after a restart.
@@ -108,7 +129,8 @@ class Spool {
     };
     virtual std::vector<RecentBody> recent_bodies(std::int64_t since_ms, std::size_t limit) = 0;
 
-    // At start: every pending delivery becomes due now (attempt counts are kept). Returns how many.
+    // At start: every pending delivery becomes due now (attempt counts are kept), and what a
+    // previous run left pending in memory gets its row. Returns how many rows were made due.
     virtual std::size_t resume_all(std::int64_t now_ms) = 0;
 
     // Pending deliveries whose next attempt is due, oldest first.
@@ -119,7 +141,8 @@ class Spool {
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
     // Full counts (scans the spool: for operators).
     virtual SpoolStats stats() = 0;
-    // Pending and dead deliveries only, from small indexes: cheap enough to poll.
+    // Pending and dead delivery rows, from small indexes: cheap enough to poll. Deliveries
+    // running from memory are not counted (their owner knows them).
     virtual std::pair<std::uint64_t, std::uint64_t> backlog_and_dead() = 0;
 
     // Deletes events received before `before_ms` whose deliveries are all delivered (or that
