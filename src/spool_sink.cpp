@@ -155,7 +155,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::condition_variable idle_cv;
     std::vector<StoreRequest> stores;     // waiting for the next commit
     std::deque<OutcomeRequest> outcomes;  // waiting for the next commit
-    std::set<Claim> claims;               // deliveries running in this process
+    // Deliveries running in this process: those the poller started, by (event id, handler), so
+    // that it never starts one twice; those run from memory after their commit, only counted
+    // (they have no row the poller could find).
+    std::set<Claim> claims;
+    std::size_t running_from_memory = 0;
     bool stopping = false;
     bool writer_waiting = false;  // wake it only then: a busy writer takes the queue anyway
     bool starved = false;         // the last poll filled every free slot: wake it when one frees
@@ -171,14 +175,14 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::map<std::string, std::set<std::int64_t>, std::less<>> outstanding;
     std::map<std::string, std::int64_t, std::less<>> marks_written;
     std::int64_t last_seq = 0;
-    std::atomic<std::uint64_t> running_in_memory{
-        0};  // deliveries in `outstanding`, for the backlog
 
     std::atomic<std::uint64_t> backlog{0};
     std::atomic<std::uint64_t> dead{0};
 
     std::thread writer;
     std::thread poller;
+
+    std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
 
     // The receipt time from which a body counts as a duplicate.
     std::int64_t duplicates_since() const {
@@ -198,10 +202,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 std::unique_lock lock(mutex);
                 writer_waiting = true;
                 writer_cv.wait_until(lock, next_prune, [&] {
-                    return !stores.empty() || !outcomes.empty() || (stopping && claims.empty());
+                    return !stores.empty() || !outcomes.empty() || (stopping && running() == 0);
                 });
                 writer_waiting = false;
-                if (stores.empty() && outcomes.empty() && stopping && claims.empty()) break;
+                if (stores.empty() && outcomes.empty() && stopping && running() == 0) break;
                 batch.swap(stores);
                 updates.assign(std::make_move_iterator(outcomes.begin()),
                                std::make_move_iterator(outcomes.end()));
@@ -299,14 +303,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         finish_stores(batch, decisions, error);
         finish_outcomes(updates, outcomes_committed);
-        std::size_t running = 0;
-        for (const auto& [handler, seqs] : outstanding) running += seqs.size();
-        running_in_memory.store(running);
         if (!error.empty()) {
             // Back off before the next try, so a full disk does not become a busy loop.
             std::unique_lock lock(mutex);
             writer_cv.wait_for(lock, failed_commit_backoff,
-                               [&] { return stopping && claims.empty(); });
+                               [&] { return stopping && running() == 0; });
         }
     }
 
@@ -402,7 +403,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         bool earlier_retry = false;
         for (const auto& u : updates) {
-            claims.erase({u.event_id, u.update.handler});
+            if (u.in_memory) {
+                --running_from_memory;
+            } else {
+                claims.erase({u.event_id, u.update.handler});
+            }
             if (u.update.state == DeliveryState::pending &&
                 u.update.next_attempt_ms < next_retry_ms) {
                 next_retry_ms = u.update.next_attempt_ms;
@@ -418,7 +423,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void release_claims(const StoreRequest& r) {
         std::lock_guard lock(mutex);
-        for (const auto& h : r.handlers) claims.erase({r.event->id, h->name()});
+        running_from_memory -= r.handlers.size();
         idle_cv.notify_all();
     }
 
@@ -516,7 +521,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 // Wake for the next poll, a retry falling due, a freed slot, or stop; whichever
                 // comes first. Polling also finds what the CLI made pending.
                 const auto wake = [&] {
-                    return stopping || (starved && claims.size() < max_in_flight) ||
+                    return stopping || (starved && running() < max_in_flight) ||
                            next_retry_ms <= now_unix_ms();
                 };
                 const auto poll_at = Clock::now() + poll_interval;
@@ -548,7 +553,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void refresh_stats(bool log_it) {
         auto [pending, dead_count] = reader_db->backlog_and_dead();
-        pending += running_in_memory.load();
+        {
+            std::lock_guard lock(mutex);
+            pending += running_from_memory;  // not in the rows yet
+        }
         backlog.store(pending);
         dead.store(dead_count);
         if (log_it && (pending > 0 || dead_count > 0)) {
@@ -561,7 +569,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         std::size_t claimed;
         {
             std::lock_guard lock(mutex);
-            claimed = claims.size();
+            claimed = running();
             free = claimed < max_in_flight ? max_in_flight - claimed : 0;
         }
         if (free == 0) return;
@@ -644,7 +652,9 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     r.row.endpoint = event->endpoint;
     r.row.type = event->envelope.type;
     r.row.body = std::shared_ptr<const std::string>(event, &event->body);  // no copy
-    r.row.body_hash = body_hash(event->endpoint, event->body);
+    // Only duplicate detection reads the hash: with a window of 0 it is neither made nor kept.
+    if (impl_->config.duplicate_window.count() > 0)
+        r.row.body_hash = body_hash(event->endpoint, event->body);
     for (const auto& h : handlers) r.row.handlers.push_back(h->name());
     r.event = event;
     r.handlers = std::move(handlers);
@@ -661,11 +671,11 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
             {SubmitResult::Status::overloaded, event->id, "too many events waiting for the spool"});
         return;
     }
-    // Claim before the commit makes the rows visible, so the poller cannot start them too.
-    if (impl_->claims.size() + r.handlers.size() <= max_in_flight) {
+    // Counted before the commit, so that the poller never runs more than max_in_flight at once.
+    if (impl_->running() + r.handlers.size() <= max_in_flight) {
         r.fast = true;
         r.row.deliveries_in_memory = true;
-        for (const auto& h : r.handlers) impl_->claims.insert({event->id, h->name()});
+        impl_->running_from_memory += r.handlers.size();
     }
     impl_->stores.push_back(std::move(r));
     if (impl_->writer_waiting) impl_->writer_cv.notify_one();
@@ -679,7 +689,7 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
             std::unique_lock lock(impl_->mutex);
             if (!impl_->idle_cv.wait_until(lock, deadline, [&] {
                     return impl_->stores.empty() && impl_->outcomes.empty() &&
-                           impl_->claims.empty();
+                           impl_->running() == 0;
                 })) {
                 return false;
             }
@@ -699,7 +709,7 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
 
 void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout,
                      std::chrono::milliseconds terminate_wait) {
-    const auto drained = [&] { return impl_->claims.empty() && impl_->outcomes.empty(); };
+    const auto drained = [&] { return impl_->running() == 0 && impl_->outcomes.empty(); };
     {
         std::unique_lock lock(impl_->mutex);
         if (impl_->stopping) return;
@@ -708,15 +718,15 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
         // Deliveries in flight get the drain period; what remains pending resumes at next start.
         if (!impl_->idle_cv.wait_for(lock, timeout, drained) && on_timeout) {
             log::warn("drain timeout: ending running deliveries",
-                      {{"deliveries", impl_->claims.size()}});
+                      {{"deliveries", impl_->running()}});
             lock.unlock();
             on_timeout();
             lock.lock();
             impl_->idle_cv.wait_for(lock, terminate_wait, drained);
         }
-        if (!impl_->claims.empty()) {
+        if (impl_->running() != 0) {
             log::warn("deliveries still running at stop; they will run again after the next start",
-                      {{"deliveries", impl_->claims.size()}});
+                      {{"deliveries", impl_->running()}});
         }
     }
     impl_->poller.join();
