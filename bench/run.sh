@@ -11,6 +11,10 @@
 #                    to a `file` handler
 #   sigsci-forged    sigsci-webhookd answering 401 to bodies with wrong signatures
 #
+# After each sigsci-webhookd run its /metrics (admin port 18091) gives the spool's group commits:
+# how many, events per commit, and the buckets of the median and 99th-percentile commit time
+# (bench/commit_stats.py). A 200 cannot come sooner than its commit.
+#
 # Bodies: BODIES distinct signed bodies made from tests/data/samples (all 32 activity types,
 # 125 B to 5 KB). Duplicate detection is off in the sigsci-webhookd config, because wrk sends
 # the same bodies again once it has sent them all. After each run the file the receiver wrote is
@@ -72,10 +76,13 @@ python3 bench/make_bodies.py bench-key "$body_count" "$work/forged.txt" --forge
 
 # ---- servers -----------------------------------------------------------------------------------
 port=18090
-if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
-    echo "port $port is already in use: the measurements would reach another server" >&2
-    exit 1
-fi
+admin_port=18091  # sigsci-webhookd's /metrics, read after each of its runs
+for p in $port $admin_port; do
+    if curl -s -o /dev/null "http://127.0.0.1:$p/"; then
+        echo "port $p is already in use: the measurements would reach another server" >&2
+        exit 1
+    fi
+done
 wait_for() {  # URL: a benchmark script may poll; a test may not
     local i=0
     until curl -s -o /dev/null "$1"; do
@@ -131,6 +138,7 @@ start_sigsci() {
     rm -f "$work/events.jsonl" "$work"/spool.db*
     cat > "$work/sigsci.json" <<JSON
 {"listen": ["127.0.0.1:$port"], "threads": 1, "log": {"level": "warn"},
+ "admin": {"listen": ["127.0.0.1:$admin_port"]},
  "limits": {"max_connections_per_ip": 0, "max_pending_events": 1000000},
  "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
                 "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
@@ -164,6 +172,9 @@ measure() {
     line=$(taskset -c 1 wrk -t1 -c"$c" -d"${duration}s" --timeout 10s -s bench/post_many.lua "$url" -- "$bodies" | grep '^RESULT')
     after=$(cpu_ticks "$measured_pid")
     peak=$(rss_mib VmHWM "$measured_pid")
+    # The spool's group commits, fsync included: what every 200 waited for.
+    local commits=""
+    [ "$check" = sigsci ] && commits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | python3 bench/commit_stats.py)
     stop_server
     read -r requests non2xx errors rps p50 p99 <<< "$(echo "$line" | sed 's/[a-z0-9_]*=//g; s/RESULT //')"
     cpu=$(awk -v b="$before" -v a="$after" -v n="$requests" 'BEGIN { printf "%.3f", n ? (a - b) / 100 * 1000 / n : 0 }')
@@ -181,6 +192,7 @@ measure() {
     [ "$check" = forged ] && wrong=$accepted
     echo "$name $c $rps $p50 $p99 $((errors + wrong)) $peak $idle_rss $cpu $verdict" >> "$rows"
     printf '  %-16s c=%-4s %8s req/s  p50 %7s ms  p99 %8s ms  %s\n' "$name" "$c" "$rps" "$p50" "$p99" "$verdict"
+    [ -z "$commits" ] || printf '  %-16s        %s\n' "" "$commits"
 }
 
 ratio() {  # NAME_A NAME_B C -> rps(A)/rps(B)

@@ -49,6 +49,14 @@ struct Histogram {
     double sum = 0;
 };
 
+// Upper bounds of the spool-commit buckets, in seconds: a flush to disk takes from well under a
+// millisecond (a local SSD) to seconds (a stalled virtual disk).
+constexpr std::array<double, 13> commit_bounds{0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+                                               0.1,    0.25,  0.5,   1,     2.5,  5};
+constexpr std::array<std::string_view, 13> commit_labels{
+    "0.0005", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05",
+    "0.1",    "0.25",  "0.5",   "1",     "2.5",  "5"};
+
 std::string_view endpoint_label(std::string_view endpoint) {
     // Endpoint paths start with '/', so "none" cannot be one.
     return endpoint.empty() ? std::string_view("none") : endpoint;
@@ -122,14 +130,18 @@ struct Metrics::Impl {
     std::atomic<std::uint64_t> reloads_ok{0};
     std::atomic<std::uint64_t> reloads_failed{0};
 
-    mutable std::mutex mutex;                                    // guards everything below
-    Counters by_status;                                          // (endpoint, status)
-    Counters signature_failures;                                 // (endpoint, reason)
-    Counters events;                                             // (endpoint, type)
-    Counters duplicates;                                         // (endpoint, "")
-    std::map<std::string, std::size_t, std::less<>> types_seen;  // per endpoint
-    Counters outcomes;                                           // (handler, outcome)
-    std::map<std::string, Histogram, std::less<>> latency;       // per handler
+    mutable std::mutex mutex;                                          // guards everything below
+    Counters by_status;                                                // (endpoint, status)
+    Counters signature_failures;                                       // (endpoint, reason)
+    Counters events;                                                   // (endpoint, type)
+    Counters duplicates;                                               // (endpoint, "")
+    std::map<std::string, std::size_t, std::less<>> types_seen;        // per endpoint
+    Counters outcomes;                                                 // (handler, outcome)
+    std::map<std::string, Histogram, std::less<>> latency;             // per handler
+    std::array<std::uint64_t, commit_bounds.size()> commit_buckets{};  // not cumulative
+    std::uint64_t commits = 0;
+    double commit_seconds = 0;
+    std::uint64_t committed_events = 0;
 };
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
@@ -184,6 +196,19 @@ void Metrics::delivery(std::string_view handler, std::string_view outcome, doubl
     }
     ++h.count;
     h.sum += seconds;
+}
+
+void Metrics::spool_commit(double seconds, std::size_t events) {
+    std::lock_guard lock(impl_->mutex);
+    for (std::size_t i = 0; i < commit_bounds.size(); ++i) {
+        if (seconds <= commit_bounds[i]) {
+            ++impl_->commit_buckets[i];
+            break;
+        }
+    }
+    ++impl_->commits;
+    impl_->commit_seconds += seconds;
+    impl_->committed_events += events;
 }
 
 void Metrics::reload(bool ok) {
@@ -255,6 +280,21 @@ std::string Metrics::render(const SinkStats& sink) const {
         sample(out, "delivery_duration_seconds_count", {{"handler", handler}},
                std::to_string(h.count));
     }
+    header(out, "spool_commit_duration_seconds", "histogram",
+           "Time a spool commit holding new events took, fsync included: what a 200 waits for.");
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < commit_bounds.size(); ++i) {
+        cumulative += impl_->commit_buckets[i];
+        sample(out, "spool_commit_duration_seconds_bucket", {{"le", commit_labels[i]}},
+               std::to_string(cumulative));
+    }
+    sample(out, "spool_commit_duration_seconds_bucket", {{"le", "+Inf"}},
+           std::to_string(impl_->commits));
+    sample(out, "spool_commit_duration_seconds_sum", {}, number(impl_->commit_seconds));
+    sample(out, "spool_commit_duration_seconds_count", {}, std::to_string(impl_->commits));
+    header(out, "spool_committed_events_total", "counter",
+           "Events stored by those commits (divided by their count: events per commit).");
+    sample(out, "spool_committed_events_total", {}, std::to_string(impl_->committed_events));
     return out;
 }
 

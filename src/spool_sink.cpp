@@ -271,7 +271,14 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
         std::string error;
         try {
+            const auto started = std::chrono::steady_clock::now();
             const auto stored = writer_db->commit(rows, ups, marks);
+            if (metrics && !rows.empty()) {
+                metrics->spool_commit(
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - started)
+                        .count(),
+                    rows.size());
+            }
             for (std::size_t k = 0; k < stored.size(); ++k) {
                 decisions[stored_index[k]].seq = stored[k].seq;
                 last_seq = std::max(last_seq, stored[k].seq);

@@ -146,6 +146,26 @@ TEST(Metrics, DeliveryHistogramIsCumulativeAndMatchesItsCount) {
     EXPECT_EQ(m.deliveries(), 4u);
 }
 
+TEST(Metrics, SpoolCommitHistogramHasItsOwnFinerBuckets) {
+    Metrics m;
+    m.spool_commit(0.0004, 10);  // le=0.0005
+    m.spool_commit(0.0015, 20);  // le=0.002
+    m.spool_commit(1.5, 30);     // le=2.5
+    const auto s = parse_exposition(m.render({}));
+    auto bucket = [&](const std::string& le) {
+        return s.at(R"(sigsci_webhookd_spool_commit_duration_seconds_bucket{le=")" + le + "\"}");
+    };
+    EXPECT_EQ(bucket("0.0005"), 1);
+    EXPECT_EQ(bucket("0.001"), 1);
+    EXPECT_EQ(bucket("0.002"), 2);
+    EXPECT_EQ(bucket("1"), 2);
+    EXPECT_EQ(bucket("2.5"), 3);
+    EXPECT_EQ(bucket("+Inf"), 3);
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_commit_duration_seconds_count"), 3);
+    EXPECT_NEAR(s.at("sigsci_webhookd_spool_commit_duration_seconds_sum"), 1.5019, 1e-9);
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_committed_events_total"), 60);
+}
+
 TEST(Metrics, LabelValuesAreEscaped) {
     EXPECT_EQ(escape_label_value(R"(a"b\c)"), R"(a\"b\\c)");
     EXPECT_EQ(escape_label_value("line\nbreak"), "line\\nbreak");
@@ -238,6 +258,11 @@ TEST_F(AdminListenerTest, MetricsCountWhatTheWebhookListenerDid) {
               1);
     EXPECT_EQ(s.at(R"(sigsci_webhookd_delivery_duration_seconds_count{handler="archive"})"), 1);
     EXPECT_EQ(s.at("sigsci_webhookd_spool_backlog"), 0);
+    // The one event took one durable commit (outcome-only commits are not counted).
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_commit_duration_seconds_count"), 1);
+    EXPECT_EQ(s.at(R"(sigsci_webhookd_spool_commit_duration_seconds_bucket{le="+Inf"})"), 1);
+    EXPECT_GT(s.at("sigsci_webhookd_spool_commit_duration_seconds_sum"), 0);
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_committed_events_total"), 1);
 }
 
 TEST_F(AdminListenerTest, AdminServesOnlyMetricsAndHealthz) {

@@ -33,6 +33,8 @@ class Metrics {
     void duplicate(std::string_view endpoint);
     // One delivery attempt's outcome: "delivered", "failed" (will retry) or "dead".
     void delivery(std::string_view handler, std::string_view outcome, double seconds);
+    // One spool commit that stored `events` new events, and how long it took.
+    void spool_commit(double seconds, std::size_t events);
     void reload(bool ok);
     void connection_opened();
     void connection_closed();
