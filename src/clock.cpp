@@ -33,16 +33,17 @@ std::string format_rfc3339_ms(std::int64_t unix_ms) {
                       tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         cached_secs = secs;
     }
-    std::string out(prefix);
+    // "YYYY-MM-DDTHH:MM:SS" then ".mmmZ", built in place: one allocation for the result.
+    char text[sizeof prefix + 8];
+    const auto n = std::strlen(prefix);
+    std::memcpy(text, prefix, n);
     const auto m = static_cast<int>(ms);
-    const char tail[6] = {'.',
-                          static_cast<char>('0' + m / 100),
-                          static_cast<char>('0' + m / 10 % 10),
-                          static_cast<char>('0' + m % 10),
-                          'Z',
-                          '\0'};
-    out += tail;
-    return out;
+    text[n] = '.';
+    text[n + 1] = static_cast<char>('0' + m / 100);
+    text[n + 2] = static_cast<char>('0' + m / 10 % 10);
+    text[n + 3] = static_cast<char>('0' + m % 10);
+    text[n + 4] = 'Z';
+    return std::string(text, n + 5);
 }
 
 std::string format_rfc3339_ms(std::chrono::system_clock::time_point tp) {

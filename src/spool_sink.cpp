@@ -488,7 +488,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                         int attempt, DeliveryOutcome outcome, double ms, bool in_memory) {
         DeliveryUpdate u{seq, handler, DeliveryState::delivered, attempt, 0, outcome.error};
         std::string status = "delivered";
-        log::Fields extra = log::Fields::object();
+        log::Fields extra;  // null (no allocation) unless a retry is scheduled
         if (!outcome.ok && (outcome.permanent || attempt >= config.retry.max_attempts)) {
             u.state = DeliveryState::dead;
             status = "dead";

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -90,9 +91,10 @@ WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.han
 PRAGMA user_version = 2;
 )sql";
 
-// The handler names as a JSON array of strings (names are config keys: any UTF-8 text).
-std::string json_names(const std::vector<std::string>& names) {
-    std::string out = "[";
+// The handler names as a JSON array of strings (names are config keys: any UTF-8 text), into
+// `out`, whose capacity is reused from one event to the next.
+void json_names(const std::vector<std::string>& names, std::string& out) {
+    out.assign(1, '[');
     for (const auto& n : names) {
         if (out.size() > 1) out += ',';
         out += '"';
@@ -113,7 +115,6 @@ std::string json_names(const std::vector<std::string>& names) {
         out += '"';
     }
     out += ']';
-    return out;
 }
 
 // The columns read_deliveries() expects. A macro so that each statement stays one literal (the
@@ -137,7 +138,7 @@ class SqliteSpool final : public Spool {
         // WAL lets the CLI and the daemon's reader read while the writer writes; FULL makes
         // every commit durable before it returns, which is what a 200 promises.
         exec("PRAGMA journal_mode = WAL");
-        set_synchronous("FULL");
+        set_synchronous(true);
         exec("PRAGMA foreign_keys = ON");
         // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
         exec("PRAGMA journal_size_limit = 67108864");
@@ -172,7 +173,7 @@ class SqliteSpool final : public Spool {
         // New events are what a 200 promises: their commit waits for the disk. Outcomes alone
         // need not: losing one to a power cut means a delivery runs again (at-least-once), and
         // the next events' commit makes them durable too, as WAL commits are ordered.
-        set_synchronous(events.empty() ? "NORMAL" : "FULL");
+        set_synchronous(!events.empty());
         step(stmt("BEGIN IMMEDIATE"));       // prepared once, like every statement of the hot path
         std::vector<std::string> new_marks;  // handlers given their first mark here
         try {
@@ -376,10 +377,11 @@ class SqliteSpool final : public Spool {
                          (db_ ? sqlite3_errmsg(db_.get()) : "out of memory"));
     }
 
-    void set_synchronous(const char* mode) {
-        if (synchronous_ == mode) return;
-        exec(std::string("PRAGMA synchronous = ") + mode);
-        synchronous_ = mode;
+    // Between commits of new events (FULL) and of outcomes alone (NORMAL); both prepared once.
+    void set_synchronous(bool full) {
+        if (synchronous_full_ == full) return;
+        step(full ? stmt("PRAGMA synchronous = FULL") : stmt("PRAGMA synchronous = NORMAL"));
+        synchronous_full_ = full;
     }
 
     void exec(const std::string& sql) {
@@ -468,7 +470,7 @@ class SqliteSpool final : public Spool {
         auto& s = stmt(
             "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash, "
             "handlers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
-        const auto names = json_names(e.handlers);
+        json_names(e.handlers, names_);
         bind_static(s, 1, e.id);
         bind_static(s, 2, e.received_at);
         bind(s, 3, e.received_ms);
@@ -476,7 +478,7 @@ class SqliteSpool final : public Spool {
         bind_static(s, 5, e.type);
         bind_static_blob(s, 6, *e.body);  // the body is the bulk of the row: not copied again
         bind_static_blob(s, 7, e.body_hash);
-        bind_static(s, 8, names);
+        bind_static(s, 8, names_);
         step(s);
         const auto seq = sqlite3_last_insert_rowid(db_.get());
         if (e.deliveries_in_memory) {
@@ -531,10 +533,11 @@ class SqliteSpool final : public Spool {
     }
 
     std::string path_;
-    std::string synchronous_;
+    std::optional<bool> synchronous_full_;
     Db db_;
     std::unordered_map<const char*, Stmt> stmts_;
     std::unordered_set<std::string> marked_;  // handlers known to have a progress row
+    std::string names_;                       // store_one's handler list, bound without a copy
 };
 
 }  // namespace
