@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Summarises the spool's group commits from a /metrics exposition read on stdin: the bucket
-bounds within which the median and the 99th percentile commit fell, and events per commit.
+bounds within which the median, 99th and 99.9th percentile commit fell, how many took longer
+than 10 ms, and events per commit.
 Usage: curl -s http://127.0.0.1:PORT/metrics | bench/commit_stats.py"""
 import re
 import sys
@@ -27,4 +28,6 @@ def quantile(q):
 if count == 0:
     print("commits: none")
 else:
-    print("commits: %d, %.1f events each, p50 %s, p99 %s" % (count, events / count, quantile(0.5), quantile(0.99)))
+    over = count - next((c for b, c in buckets if b == 0.01), count)  # slower than 10 ms
+    print("commits: %d, %.1f events each, p50 %s, p99 %s, p99.9 %s, %d over 10 ms" % (
+        count, events / count, quantile(0.5), quantile(0.99), quantile(0.999), over))
