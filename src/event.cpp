@@ -13,10 +13,9 @@ const Json& field_or_null(const Json& doc, const char* name) {
     const auto it = doc.find(name);
     return it == doc.end() ? null_value : *it;
 }
+}  // namespace
 
-// A JSON string of our own text (an id, a time, a configured path): quotes, backslashes and
-// control characters escaped, everything else as it is.
-void append_string(std::string& out, std::string_view text) {
+void append_json_string(std::string& out, std::string_view text) {
     static constexpr char hex[] = "0123456789abcdef";
     out += '"';
     for (const char ch : text) {
@@ -34,7 +33,6 @@ void append_string(std::string& out, std::string_view text) {
     }
     out += '"';
 }
-}  // namespace
 
 const Json& Event::doc() const {
     std::call_once(doc_once_, [this] { doc_ = envelope_tree(body); });
@@ -97,11 +95,11 @@ std::string archive_line(const Event& event) {
     std::string line;
     line.reserve(fields.size() + event.endpoint.size() + 112);
     line += R"({"id":)";
-    append_string(line, event.id);
+    append_json_string(line, event.id);
     line += R"(,"received_at":)";
-    append_string(line, event.received_at);
+    append_json_string(line, event.received_at);
     line += R"(,"endpoint":)";
-    append_string(line, event.endpoint);
+    append_json_string(line, event.endpoint);
     line += ',';
     line.append(fields, 1);
     line += '\n';

@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "sigsci/event.hpp"
 #include "sigsci/spool.hpp"
 
 namespace sigsci {
@@ -97,22 +98,7 @@ void json_names(const std::vector<std::string>& names, std::string& out) {
     out.assign(1, '[');
     for (const auto& n : names) {
         if (out.size() > 1) out += ',';
-        out += '"';
-        for (const char c : n) {
-            const auto u = static_cast<unsigned char>(c);
-            if (c == '"' || c == '\\') {
-                out += '\\';
-                out += c;
-            } else if (u < 0x20) {
-                static constexpr char hex[] = "0123456789abcdef";
-                out += "\\u00";
-                out += hex[u >> 4];
-                out += hex[u & 0xf];
-            } else {
-                out += c;
-            }
-        }
-        out += '"';
+        append_json_string(out, n);
     }
     out += ']';
 }

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 
@@ -218,6 +219,23 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
     EXPECT_EQ(st.delivered, 4u);
     EXPECT_EQ(st.pending, 0u);
     EXPECT_EQ(spool->prune(9000, 10), 2u);
+}
+
+// The routed handlers are kept as a JSON array, read back by SQLite's json_each: a name with
+// quotes, a backslash or a control character must come back as it went in.
+TEST_F(SqliteSpoolTest, HandlerNamesSurviveTheJsonColumn) {
+    const std::string odd = "we\"ird\\name\x01";
+    const auto seq =
+        store({in_memory_event("e1", test::sample("flag"), 1000, {odd, "plain"})})[0].seq;
+    auto pending = spool->list(DeliveryState::pending, "", 10);
+    ASSERT_EQ(pending.size(), 2u);
+    std::sort(pending.begin(), pending.end(),
+              [](const auto& a, const auto& b) { return a.handler < b.handler; });
+    EXPECT_EQ(pending[0].handler, "plain");
+    EXPECT_EQ(pending[1].handler, odd);
+    spool->commit({}, {}, std::vector<ProgressMark>{{odd, seq + 1}});
+    ASSERT_EQ(spool->list(DeliveryState::delivered, "", 10).size(), 1u);
+    EXPECT_EQ(spool->list(DeliveryState::delivered, "", 10)[0].handler, odd);
 }
 
 // What a run was delivering from memory when it stopped (or was killed) gets a row at the next

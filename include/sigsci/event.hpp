@@ -40,6 +40,10 @@ EventPtr make_event(std::string endpoint, std::string body, Envelope envelope,
 // re-serialisation (minified first only when the body has line breaks).
 std::string archive_line(const Event& event);
 
+// Appends `text` as a JSON string: quotes, backslashes and control characters escaped, everything
+// else as it is. For our own text (ids, times, configured names), which is valid UTF-8.
+void append_json_string(std::string& out, std::string_view text);
+
 // The same record as a tree.
 Json archive_record(const Event& event);
 
