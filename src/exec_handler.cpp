@@ -1,6 +1,7 @@
 #include "sigsci/exec_handler.hpp"
 
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -69,20 +70,38 @@ bool make_pipe(int fds[2]) {
 
 }  // namespace
 
+namespace {
+struct Reactor {
+    Reactor() {
+        // A child that exits without reading its stdin must fail our write with EPIPE, not
+        // kill the daemon.
+        std::signal(SIGPIPE, SIG_IGN);
+        thread = std::thread([this] { ioc.run(); });
+    }
+    asio::io_context ioc{1};
+    asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
+    std::thread thread;
+};
+Reactor* reactor_instance = nullptr;  // set once, by handler_reactor()'s initialisation
+
+// OpenSSL frees its global state at exit, and runs this first: the reactor thread may be
+// releasing the last forward handler (its TLS context) at that very moment. Stop the thread,
+// letting the handler it runs finish; what is still queued is never run nor destroyed.
+void stop_reactor_at_exit() {
+    auto& r = *reactor_instance;
+    r.ioc.stop();
+    if (r.thread.joinable() && r.thread.get_id() != std::this_thread::get_id()) r.thread.join();
+}
+}  // namespace
+
 // The pipes and pidfds of every exec child, and every forward connection, are watched here.
 asio::io_context& handler_reactor() {
-    struct Reactor {
-        Reactor() {
-            // A child that exits without reading its stdin must fail our write with EPIPE, not
-            // kill the daemon.
-            std::signal(SIGPIPE, SIG_IGN);
-            thread = std::thread([this] { ioc.run(); });
-        }
-        asio::io_context ioc{1};
-        asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
-        std::thread thread;
-    };
-    static Reactor* reactor = new Reactor;  // never destroyed, on purpose
+    static Reactor* reactor = [] {
+        auto* r = new Reactor;  // never destroyed, on purpose
+        reactor_instance = r;
+        OPENSSL_atexit(stop_reactor_at_exit);
+        return r;
+    }();
     return reactor->ioc;
 }
 
