@@ -309,9 +309,15 @@ class SqliteSpool final : public Spool {
         auto& s = stmt(
             // seq grows with arrival, so walking it from the start meets the oldest first; no
             // index on received_ms is kept just for this.
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received_ms < ? "
-            "AND NOT EXISTS (SELECT 1 FROM delivery_states d WHERE d.event_seq = e.seq AND "
-            "d.state != 'delivered') ORDER BY seq LIMIT ?)");
+            // Not through delivery_states: SQLite cannot push a correlated constraint into that
+            // view and would build all of it for every batch (0.12 s at 119k events, against
+            // 2 ms this way). The second test is the view's rule for a delivery without a row.
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received_ms < ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state != "
+            "'delivered') AND NOT EXISTS (SELECT 1 FROM json_each(e.handlers) h JOIN progress p "
+            "ON p.handler = h.value WHERE e.seq >= p.done_below AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries d2 WHERE d2.event_seq = e.seq AND d2.handler = h.value)) ORDER BY seq "
+            "LIMIT ?2)");
         bind(s, 1, before_ms);
         bind(s, 2, static_cast<std::int64_t>(limit));
         step(s);
@@ -334,8 +340,11 @@ class SqliteSpool final : public Spool {
     }
 
     std::vector<StoredDelivery> deliveries_of(const std::string& event_id) override {
-        auto& s = stmt(SELECT_DELIVERIES "WHERE e.id = ? ORDER BY d.handler");
-        bind(s, 1, event_id);
+        const auto event = find(event_id);
+        if (!event) return {};
+        // By seq, a bound value SQLite pushes into the view (by id it would build all of it).
+        auto& s = stmt(SELECT_DELIVERIES "WHERE d.event_seq = ? ORDER BY d.handler");
+        bind(s, 1, event->seq);
         return read_deliveries(s);
     }
 
