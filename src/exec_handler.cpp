@@ -68,9 +68,6 @@ bool make_pipe(int fds[2]) {
     return ::pipe2(fds, O_CLOEXEC) == 0;
 }
 
-}  // namespace
-
-namespace {
 struct Reactor {
     Reactor() {
         // A child that exits without reading its stdin must fail our write with EPIPE, not

@@ -129,8 +129,7 @@ class SqliteSpool final : public Spool {
         // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
         exec("PRAGMA journal_size_limit = 67108864");
         // One transaction, so that two processes opening an older spool at once migrate it once.
-        exec("BEGIN IMMEDIATE");
-        try {
+        in_transaction([&] {
             exec(schema);
             if (query_int(
                     "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'handlers'") ==
@@ -138,11 +137,7 @@ class SqliteSpool final : public Spool {
                 exec("ALTER TABLE events ADD COLUMN handlers TEXT NOT NULL DEFAULT '[]'");
             }
             exec(view);
-            exec("COMMIT");
-        } catch (...) {
-            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-            throw;
-        }
+        });
         if (options.max_bytes > 0) {
             const auto page_size = query_int("PRAGMA page_size");
             const auto pages =
@@ -160,9 +155,8 @@ class SqliteSpool final : public Spool {
         // need not: losing one to a power cut means a delivery runs again (at-least-once), and
         // the next events' commit makes them durable too, as WAL commits are ordered.
         set_synchronous(!events.empty());
-        step(stmt("BEGIN IMMEDIATE"));       // prepared once, like every statement of the hot path
         std::vector<std::string> new_marks;  // handlers given their first mark here
-        try {
+        in_transaction([&] {
             for (const auto& e : events) out.push_back(store_one(e, new_marks));
             for (const auto& u : updates) update_one(u);
             for (const auto& m : marks) {
@@ -173,11 +167,7 @@ class SqliteSpool final : public Spool {
                 bind(s, 2, m.done_below);
                 step(s);
             }
-            step(stmt("COMMIT"));
-        } catch (...) {
-            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-            throw;
-        }
+        });
         marked_.insert(new_marks.begin(), new_marks.end());
         return out;
     }
@@ -197,8 +187,8 @@ class SqliteSpool final : public Spool {
     }
 
     std::size_t resume_all(std::int64_t now_ms) override {
-        step(stmt("BEGIN IMMEDIATE"));
-        try {
+        std::size_t n = 0;
+        in_transaction([&] {
             // What the previous run was delivering from memory when it stopped gets a row. Only
             // events at or above the lowest mark can have such a delivery.
             auto& rows = stmt(
@@ -209,7 +199,7 @@ class SqliteSpool final : public Spool {
                 "deliveries d WHERE d.event_seq = e.seq AND d.handler = h.value)");
             bind(rows, 1, now_ms);
             step(rows);
-            auto n = static_cast<std::size_t>(sqlite3_changes(db_.get()));
+            n = static_cast<std::size_t>(sqlite3_changes(db_.get()));
             step(
                 stmt("UPDATE progress SET done_below = (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
                      "events)"));
@@ -219,12 +209,8 @@ class SqliteSpool final : public Spool {
             bind(s, 1, now_ms);
             step(s);
             n += static_cast<std::size_t>(sqlite3_changes(db_.get()));
-            step(stmt("COMMIT"));
-            return n;
-        } catch (...) {
-            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-            throw;
-        }
+        });
+        return n;
     }
 
     std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) override {
@@ -377,6 +363,20 @@ class SqliteSpool final : public Spool {
         if (synchronous_full_ == full) return;
         step(full ? stmt("PRAGMA synchronous = FULL") : stmt("PRAGMA synchronous = NORMAL"));
         synchronous_full_ = full;
+    }
+
+    // Runs `body` in one IMMEDIATE transaction: committed when it returns, rolled back when it
+    // throws. BEGIN and COMMIT are prepared once, like every statement of the hot path.
+    template <class Body>
+    void in_transaction(Body&& body) {
+        step(stmt("BEGIN IMMEDIATE"));
+        try {
+            body();
+            step(stmt("COMMIT"));
+        } catch (...) {
+            sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
     }
 
     void exec(const std::string& sql) {

@@ -194,14 +194,18 @@ void WebhookService::submit(Accepted accepted, SubmitDone done) {
 }
 
 namespace {
-// {"id":"<id>","status":"accepted"}, sized once (the usual 200's body).
-std::string accepted_body(std::string_view id) {
-    static constexpr std::string_view head = R"({"id":")";
-    static constexpr std::string_view tail = R"(","status":"accepted"})";
-    std::string body(head.size() + id.size() + tail.size(), '\0');
-    std::memcpy(body.data(), head.data(), head.size());
-    std::memcpy(body.data() + head.size(), id.data(), id.size());
-    std::memcpy(body.data() + head.size() + id.size(), tail.data(), tail.size());
+// {"id":"<id>","status":"<status>"}, sized once: our own UUID and status word need no escaping,
+// and a two-field answer no JSON tree.
+std::string status_body(std::string_view id, std::string_view status) {
+    const std::string_view parts[] = {R"({"id":")", id, R"(","status":")", status, R"("})"};
+    std::size_t size = 0;
+    for (const auto part : parts) size += part.size();
+    std::string body(size, '\0');
+    char* out = body.data();
+    for (const auto part : parts) {
+        std::memcpy(out, part.data(), part.size());
+        out += part.size();
+    }
     return body;
 }
 }  // namespace
@@ -219,14 +223,12 @@ Response WebhookService::answer(const Event& event, bool unrouted,
                 log::warn("unrouted",
                           {{"event_id", event.id}, {"endpoint", event.endpoint}, {"type", r.type}});
             }
-            // Our own UUID needs no escaping; no JSON tree for a two-field answer, and one
-            // allocation for it.
-            r.body = accepted_body(result.id);
+            r.body = status_body(result.id, "accepted");
             return r;
         case Status::duplicate:
             // The same body again (a retry of a request we answered slowly): not delivered twice.
             r.duplicate = true;
-            r.body = R"({"id":")" + result.id + R"(","status":"duplicate"})";
+            r.body = status_body(result.id, "duplicate");
             return r;
         case Status::overloaded:
         case Status::failed: {
