@@ -85,6 +85,26 @@ std::string new_event_id(std::chrono::system_clock::time_point now) {
     return out;
 }
 
+std::optional<std::int64_t> event_id_ms(std::string_view id) {
+    // xxxxxxxx-xxxx-7xxx-[89ab]xxx-xxxxxxxxxxxx
+    if (id.size() != 36 || id[14] != '7') return std::nullopt;
+    std::int64_t ms = 0;
+    for (std::size_t i = 0; i < id.size(); ++i) {
+        const char c = id[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-') return std::nullopt;
+            continue;
+        }
+        int v = -1;
+        if (c >= '0' && c <= '9') v = c - '0';
+        if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+        if (v < 0) return std::nullopt;
+        if (i < 13) ms = ms * 16 + v;
+        if (i == 19 && (v & 0xc) != 0x8) return std::nullopt;
+    }
+    return ms;
+}
+
 std::optional<std::int64_t> parse_date_ms(const std::string& text) {
     int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
     int consumed = 0;

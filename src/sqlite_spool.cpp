@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "sigsci/clock.hpp"
 #include "sigsci/event.hpp"
 #include "sigsci/spool.hpp"
 
@@ -44,7 +45,7 @@ using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalize>;
 constexpr const char* schema = R"sql(
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY,
-    id          TEXT NOT NULL UNIQUE,
+    id          TEXT NOT NULL,  -- unique by making (UUIDv7); not indexed, see find()
     received_at TEXT NOT NULL,
     received_ms INTEGER NOT NULL,
     endpoint    TEXT NOT NULL,
@@ -249,7 +250,25 @@ class SqliteSpool final : public Spool {
         return read_event(s);
     }
 
+    // There is no index on id: it cost about 1.5 µs of every event's insert (BM_SpoolCommit: 9.1
+    // against 7.6 µs per event at batch 32), to serve an operator's lookup. An id's first 48 bits
+    // are its event's received_ms, and seq follows receipt to within the writer's queue, so the
+    // rows received within 100 ms of the id are found by binary search over seq and searched
+    // first. When that misses (the clock stepped, an id not made by new_event_id, or a row that
+    // waited longer), the whole table is scanned: the answer never rests on the order.
     std::optional<StoredEvent> find(const std::string& id) override {
+        if (const auto ms = event_id_ms(id)) {
+            constexpr std::int64_t near_ms = 100;
+            const auto from = first_received_since(*ms - near_ms);
+            const auto to = first_received_since(*ms + near_ms + 1);
+            auto& s = stmt(
+                "SELECT seq, id, received_at, received_ms, endpoint, type, body FROM events WHERE "
+                "seq >= ?1 AND seq < ?2 AND id = ?3");
+            bind(s, 1, from);
+            bind(s, 2, to);
+            bind(s, 3, id);
+            if (auto e = read_event(s)) return e;
+        }
         auto& s = stmt(
             "SELECT seq, id, received_at, received_ms, endpoint, type, body FROM events WHERE id = "
             "?");
@@ -335,12 +354,17 @@ class SqliteSpool final : public Spool {
     }
 
     std::size_t retry_dead(const std::string& event_id, std::int64_t now_ms) override {
+        std::int64_t seq = 0;  // 0: every dead delivery
+        if (!event_id.empty()) {
+            const auto event = find(event_id);
+            if (!event) return 0;
+            seq = event->seq;
+        }
         auto& s = stmt(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?1 "
-            "WHERE state = 'dead' AND (?2 = '' OR event_seq = (SELECT seq FROM events WHERE id = "
-            "?2))");
+            "WHERE state = 'dead' AND (?2 = 0 OR event_seq = ?2)");
         bind(s, 1, now_ms);
-        bind(s, 2, event_id);
+        bind(s, 2, seq);
         step(s);
         return static_cast<std::size_t>(sqlite3_changes(db_.get()));
     }
@@ -402,6 +426,30 @@ class SqliteSpool final : public Spool {
         sqlite3_reset(it->second.get());
         sqlite3_clear_bindings(it->second.get());
         return it->second;
+    }
+
+    // The first seq from which received_ms is at least `ms`, as a binary search over seq finds it
+    // (exact when received_ms rises with seq), or MAX(seq) + 1 when no row is that recent.
+    std::int64_t first_received_since(std::int64_t ms) {
+        std::int64_t lo = query_int("SELECT MIN(seq) FROM events");
+        std::int64_t hi = query_int("SELECT MAX(seq) FROM events") + 1;
+        auto& s = stmt("SELECT seq, received_ms FROM events WHERE seq >= ? ORDER BY seq LIMIT 1");
+        while (lo < hi) {
+            const auto mid = lo + (hi - lo) / 2;
+            sqlite3_reset(s.get());
+            bind(s, 1, mid);
+            if (!step(s)) {  // rows past mid went while we searched
+                hi = mid;
+                continue;
+            }
+            if (column_int(s, 1) < ms) {
+                lo = column_int(s, 0) + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        sqlite3_reset(s.get());
+        return lo;
     }
 
     std::int64_t query_int(const char* sql) {

@@ -69,6 +69,30 @@ TEST(SpoolCli, ParsesDatesAsUtc) {
     }
 }
 
+TEST(EventIds, AreUuidv7sThatCarryTheirMillisecond) {
+    const auto t = std::chrono::system_clock::time_point(std::chrono::milliseconds(1795972586123));
+    const auto a = new_event_id(t);
+    const auto b = new_event_id(t);
+    EXPECT_NE(a, b);
+    ASSERT_EQ(a.size(), 36u);
+    EXPECT_EQ(a.substr(0, 15), "01a2284e-da8b-7");  // 1795972586123 = 0x01a2284eda8b
+    EXPECT_EQ(event_id_ms(a), 1795972586123);
+    EXPECT_EQ(event_id_ms(b), 1795972586123);
+    EXPECT_LT(a.substr(0, 13), new_event_id(t + std::chrono::milliseconds(1)).substr(0, 13));
+    auto upper = a;
+    upper[0] = 'A';
+    auto v4 = a;
+    v4[14] = '4';
+    auto variant = a;
+    variant[19] = 'c';
+    auto dash = a;
+    dash[8] = 'x';
+    for (const auto& bad :
+         {std::string(), std::string("e1"), a.substr(1), upper, v4, variant, dash}) {
+        EXPECT_FALSE(event_id_ms(bad)) << bad;
+    }
+}
+
 // ---- the SQLite spool itself ------------------------------------------------------------
 
 class SqliteSpoolTest : public ::testing::Test {
@@ -171,6 +195,45 @@ TEST_F(SqliteSpoolTest, PurgeDeletesEverythingBeforeADate) {
     EXPECT_FALSE(spool->find("old"));
     EXPECT_TRUE(spool->find("new"));
     EXPECT_EQ(spool->stats().pending, 1u);  // the old event's delivery went with it
+}
+
+// find() has no index on id: it searches the rows received near the id's millisecond first,
+// then the whole table. Two rows with one id (which ids made by new_event_id never share) show
+// which of the two searches answered.
+TEST_F(SqliteSpoolTest, FindsAnEventByIdNearItsTimeAndAfterTheClockStepped) {
+    using std::chrono::milliseconds;
+    const std::int64_t t0 = 1795972586000;
+    const auto at = [&](std::int64_t ms) {
+        return new_event_id(std::chrono::system_clock::time_point(milliseconds(ms)));
+    };
+    const auto wanted = at(t0 + 2500);
+    // A decoy first: an hour earlier, with the wanted id. A scan in seq order would meet it first.
+    std::vector<NewEvent> rows = {new_event(wanted, test::sample("ruleCreated"), t0 - 3600000, {})};
+    std::vector<std::string> ids;
+    for (int i = 0; i < 200; ++i) {
+        const auto ms = t0 + 100 * i;
+        ids.push_back(ms == t0 + 2500 ? wanted : at(ms));
+        rows.push_back(new_event(ids.back(), test::sample("flag"), ms, {}));
+    }
+    // Then the clock steps back a minute: these rows' times are below those before them.
+    for (int i = 0; i < 50; ++i) {
+        const auto ms = t0 - 60000 + 100 * i;
+        ids.push_back(at(ms));
+        rows.push_back(new_event(ids.back(), test::sample("listCreated"), ms, {}));
+    }
+    const auto stored = store(rows);
+    const auto found = spool->find(wanted);
+    ASSERT_TRUE(found);
+    EXPECT_EQ(found->seq, stored[26].seq);  // not the decoy's stored[0]
+    EXPECT_EQ(found->type, "flag");
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] == wanted) continue;
+        const auto e = spool->find(ids[i]);
+        ASSERT_TRUE(e) << i;
+        EXPECT_EQ(e->seq, stored[i + 1].seq) << i;
+    }
+    EXPECT_FALSE(spool->find(at(t0 + 2501)));  // its neighbours' time, but no such event
+    EXPECT_FALSE(spool->find(at(t0 + 3600000)));
 }
 
 TEST_F(SqliteSpoolTest, SurvivesReopening) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace sigsci {
 
@@ -21,5 +22,8 @@ std::optional<std::int64_t> parse_date_ms(const std::string& text);
 
 // A UUIDv7 (RFC 9562): time-ordered, so ids sort by arrival; 74 random bits from OpenSSL.
 std::string new_event_id(std::chrono::system_clock::time_point now);
+// The Unix milliseconds of an id made by new_event_id (its first 48 bits); nullopt for text that
+// is not a UUIDv7 in that lower-case form.
+std::optional<std::int64_t> event_id_ms(std::string_view id);
 
 }  // namespace sigsci
