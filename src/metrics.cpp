@@ -4,6 +4,8 @@
 #include <charconv>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <utility>
 
 #include "sigsci/dispatcher.hpp"
@@ -43,10 +45,24 @@ void bump(Counters& counters, KeyView key) {
     ++it->second;
 }
 
+// Observations of a duration against upper bounds `bounds` (in seconds), in one of N buckets or
+// past the last (counted only in `count`: the +Inf bucket).
+template <std::size_t N>
 struct Histogram {
-    std::array<std::uint64_t, bucket_bounds.size()> buckets{};  // not cumulative
+    std::array<std::uint64_t, N> buckets{};  // not cumulative
     std::uint64_t count = 0;
     double sum = 0;
+
+    void observe(double seconds, const std::array<double, N>& bounds) {
+        for (std::size_t i = 0; i < N; ++i) {
+            if (seconds <= bounds[i]) {
+                ++buckets[i];
+                break;
+            }
+        }
+        ++count;
+        sum += seconds;
+    }
 };
 
 // Upper bounds of the spool-commit buckets, in seconds: a flush to disk takes from well under a
@@ -73,8 +89,9 @@ void header(std::string& out, std::string_view name, std::string_view type, std:
     out.append("# TYPE ").append(prefix).append(name).append(" ").append(type).append("\n");
 }
 
-void sample(std::string& out, std::string_view name,
-            std::initializer_list<std::pair<std::string_view, std::string_view>> labels,
+using Label = std::pair<std::string_view, std::string_view>;
+
+void sample(std::string& out, std::string_view name, std::span<const Label> labels,
             std::string_view value) {
     out.append(prefix).append(name);
     if (labels.size() != 0) {
@@ -88,6 +105,35 @@ void sample(std::string& out, std::string_view name,
         out.push_back('}');
     }
     out.append(" ").append(value).append("\n");
+}
+
+void sample(std::string& out, std::string_view name, std::initializer_list<Label> labels,
+            std::string_view value) {
+    sample(out, name, std::span<const Label>(labels.begin(), labels.size()), value);
+}
+
+// A histogram's _bucket (cumulative, `le` from `le_labels`, then +Inf), _sum and _count samples,
+// each with `series` first when given.
+template <std::size_t N>
+void histogram_samples(std::string& out, std::string_view name, std::optional<Label> series,
+                       const Histogram<N>& h, const std::array<std::string_view, N>& le_labels) {
+    std::array<Label, 2> labels{};
+    std::size_t n = 0;
+    if (series) labels[n++] = *series;
+    const std::span<const Label> plain(labels.data(), n);
+    const std::span<const Label> with_le(labels.data(), n + 1);
+    labels[n].first = "le";
+    const std::string bucket = std::string(name) + "_bucket";
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < N; ++i) {
+        cumulative += h.buckets[i];
+        labels[n].second = le_labels[i];
+        sample(out, bucket, with_le, std::to_string(cumulative));
+    }
+    labels[n].second = "+Inf";
+    sample(out, bucket, with_le, std::to_string(h.count));
+    sample(out, std::string(name) + "_sum", plain, number(h.sum));
+    sample(out, std::string(name) + "_count", plain, std::to_string(h.count));
 }
 
 void counter_family(std::string& out, std::string_view name, std::string_view help,
@@ -130,17 +176,15 @@ struct Metrics::Impl {
     std::atomic<std::uint64_t> reloads_ok{0};
     std::atomic<std::uint64_t> reloads_failed{0};
 
-    mutable std::mutex mutex;                                          // guards everything below
-    Counters by_status;                                                // (endpoint, status)
-    Counters signature_failures;                                       // (endpoint, reason)
-    Counters events;                                                   // (endpoint, type)
-    Counters duplicates;                                               // (endpoint, "")
-    std::map<std::string, std::size_t, std::less<>> types_seen;        // per endpoint
-    Counters outcomes;                                                 // (handler, outcome)
-    std::map<std::string, Histogram, std::less<>> latency;             // per handler
-    std::array<std::uint64_t, commit_bounds.size()> commit_buckets{};  // not cumulative
-    std::uint64_t commits = 0;
-    double commit_seconds = 0;
+    mutable std::mutex mutex;                                    // guards everything below
+    Counters by_status;                                          // (endpoint, status)
+    Counters signature_failures;                                 // (endpoint, reason)
+    Counters events;                                             // (endpoint, type)
+    Counters duplicates;                                         // (endpoint, "")
+    std::map<std::string, std::size_t, std::less<>> types_seen;  // per endpoint
+    Counters outcomes;                                           // (handler, outcome)
+    std::map<std::string, Histogram<bucket_bounds.size()>, std::less<>> latency;  // per handler
+    Histogram<commit_bounds.size()> commits;
     std::uint64_t committed_events = 0;
 };
 
@@ -185,29 +229,13 @@ void Metrics::delivery(std::string_view handler, std::string_view outcome, doubl
     std::lock_guard lock(impl_->mutex);
     bump(impl_->outcomes, {handler, outcome});
     auto it = impl_->latency.find(handler);
-    if (it == impl_->latency.end())
-        it = impl_->latency.emplace(std::string(handler), Histogram{}).first;
-    auto& h = it->second;
-    for (std::size_t i = 0; i < bucket_bounds.size(); ++i) {
-        if (seconds <= bucket_bounds[i]) {
-            ++h.buckets[i];
-            break;
-        }
-    }
-    ++h.count;
-    h.sum += seconds;
+    if (it == impl_->latency.end()) it = impl_->latency.try_emplace(std::string(handler)).first;
+    it->second.observe(seconds, bucket_bounds);
 }
 
 void Metrics::spool_commit(double seconds, std::size_t events) {
     std::lock_guard lock(impl_->mutex);
-    for (std::size_t i = 0; i < commit_bounds.size(); ++i) {
-        if (seconds <= commit_bounds[i]) {
-            ++impl_->commit_buckets[i];
-            break;
-        }
-    }
-    ++impl_->commits;
-    impl_->commit_seconds += seconds;
+    impl_->commits.observe(seconds, commit_bounds);
     impl_->committed_events += events;
 }
 
@@ -268,30 +296,13 @@ std::string Metrics::render(const SinkStats& sink) const {
     header(out, "delivery_duration_seconds", "histogram",
            "Time one delivery attempt took, by handler.");
     for (const auto& [handler, h] : impl_->latency) {
-        std::uint64_t cumulative = 0;
-        for (std::size_t i = 0; i < bucket_bounds.size(); ++i) {
-            cumulative += h.buckets[i];
-            sample(out, "delivery_duration_seconds_bucket",
-                   {{"handler", handler}, {"le", bucket_labels[i]}}, std::to_string(cumulative));
-        }
-        sample(out, "delivery_duration_seconds_bucket", {{"handler", handler}, {"le", "+Inf"}},
-               std::to_string(h.count));
-        sample(out, "delivery_duration_seconds_sum", {{"handler", handler}}, number(h.sum));
-        sample(out, "delivery_duration_seconds_count", {{"handler", handler}},
-               std::to_string(h.count));
+        histogram_samples(out, "delivery_duration_seconds", Label{"handler", handler}, h,
+                          bucket_labels);
     }
     header(out, "spool_commit_duration_seconds", "histogram",
            "Time a spool commit holding new events took, fsync included: what a 200 waits for.");
-    std::uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < commit_bounds.size(); ++i) {
-        cumulative += impl_->commit_buckets[i];
-        sample(out, "spool_commit_duration_seconds_bucket", {{"le", commit_labels[i]}},
-               std::to_string(cumulative));
-    }
-    sample(out, "spool_commit_duration_seconds_bucket", {{"le", "+Inf"}},
-           std::to_string(impl_->commits));
-    sample(out, "spool_commit_duration_seconds_sum", {}, number(impl_->commit_seconds));
-    sample(out, "spool_commit_duration_seconds_count", {}, std::to_string(impl_->commits));
+    histogram_samples(out, "spool_commit_duration_seconds", std::nullopt, impl_->commits,
+                      commit_labels);
     header(out, "spool_committed_events_total", "counter",
            "Events stored by those commits (divided by their count: events per commit).");
     sample(out, "spool_committed_events_total", {}, std::to_string(impl_->committed_events));
