@@ -176,7 +176,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::map<std::string, std::int64_t, std::less<>> marks_written;
     std::int64_t last_seq = 0;
 
-    std::atomic<std::uint64_t> backlog{0};
+    // Pending and dead delivery rows as of the poller's last look (every 2 s). The deliveries
+    // running from memory, which have no row, are added live by stats().
+    std::atomic<std::uint64_t> backlog_rows{0};
     std::atomic<std::uint64_t> dead{0};
 
     std::thread writer;
@@ -560,12 +562,12 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void refresh_stats(bool log_it) {
         auto [pending, dead_count] = reader_db->backlog_and_dead();
+        backlog_rows.store(pending);
+        dead.store(dead_count);
         {
             std::lock_guard lock(mutex);
             pending += running_from_memory;  // not in the rows yet
         }
-        backlog.store(pending);
-        dead.store(dead_count);
         if (log_it && (pending > 0 || dead_count > 0)) {
             log::warn("spool", {{"backlog", pending}, {"dead", dead_count}});
         }
@@ -639,7 +641,7 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
         }
     }
     const auto [pending, dead_count] = impl_->reader_db->backlog_and_dead();
-    impl_->backlog.store(pending);
+    impl_->backlog_rows.store(pending);
     impl_->dead.store(dead_count);
     log::info("spool opened",
               {{"path", impl_->config.path.string()}, {"backlog", pending}, {"dead", dead_count}});
@@ -746,7 +748,8 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
 }
 
 SinkStats SpoolSink::stats() const {
-    return {impl_->backlog.load(), impl_->dead.load()};
+    std::lock_guard lock(impl_->mutex);
+    return {impl_->backlog_rows.load() + impl_->running_from_memory, impl_->dead.load()};
 }
 
 }  // namespace sigsci
