@@ -21,6 +21,7 @@
 #include "sigsci/server.hpp"
 #include "sigsci/spool_sink.hpp"
 #include "sigsci/systemd.hpp"
+#include "sigsci/threads.hpp"
 #include "sigsci/webhook_service.hpp"
 
 namespace sigsci {
@@ -135,7 +136,8 @@ void Daemon::start() {
     if (!passed_admin) impl_->server.listen(cfg.admin.listen, Listener::admin);
     impl_->server.start_accepting();
     for (unsigned i = 0; i < impl_->threads; ++i) {
-        impl_->io_threads.emplace_back([this] { impl_->ioc.run(); });
+        auto& t = impl_->io_threads.emplace_back([this] { impl_->ioc.run(); });
+        name_thread(t, impl_->threads == 1 ? "sigsci-io" : "sigsci-io-" + std::to_string(i));
     }
     impl_->started = true;
     impl_->service.set_ready(true);

@@ -1,17 +1,32 @@
 #include "sigsci/delivery.hpp"
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
+#include "sigsci/threads.hpp"
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
 
 namespace sigsci {
 
+// An io_context run by threads of our own (not asio::thread_pool, whose threads cannot be named).
 struct DeliveryPool::Impl {
-    explicit Impl(unsigned threads) : pool(threads == 0 ? 1 : threads) {}
-    boost::asio::thread_pool pool;
+    explicit Impl(unsigned threads) : pool(static_cast<int>(std::max(1u, threads))) {
+        for (unsigned i = 0; i < std::max(1u, threads); ++i) {
+            name_thread(workers.emplace_back([this] { pool.run(); }), "sigsci-deliver");
+        }
+    }
+    boost::asio::io_context pool;
+    std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work{
+        pool.get_executor()};
+    std::vector<std::thread> workers;
     std::once_flag stopped;
 };
 
@@ -54,7 +69,11 @@ void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
 }
 
 void DeliveryPool::stop() {
-    std::call_once(impl_->stopped, [this] { impl_->pool.join(); });
+    // Finish what is queued (the work guard alone kept the threads waiting), then join.
+    std::call_once(impl_->stopped, [this] {
+        impl_->work.reset();
+        for (auto& t : impl_->workers) t.join();
+    });
 }
 
 void log_delivery(const Event& event, const std::string& handler, int attempt,

@@ -24,6 +24,7 @@
 
 #include "sigsci/handler_registry.hpp"
 #include "sigsci/reactor.hpp"
+#include "sigsci/threads.hpp"
 
 namespace sigsci {
 
@@ -74,6 +75,7 @@ struct Reactor {
         // kill the daemon.
         std::signal(SIGPIPE, SIG_IGN);
         thread = std::thread([this] { ioc.run(); });
+        name_thread(thread, "handler-reactor");
     }
     asio::io_context ioc{1};
     asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};

@@ -18,6 +18,7 @@
 #include "sigsci/clock.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
+#include "sigsci/threads.hpp"
 
 namespace sigsci {
 
@@ -646,7 +647,9 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
     log::info("spool opened",
               {{"path", impl_->config.path.string()}, {"backlog", pending}, {"dead", dead_count}});
     impl_->writer = std::thread([impl = impl_.get()] { impl->writer_loop(); });
+    name_thread(impl_->writer, "spool-writer");
     impl_->poller = std::thread([impl = impl_.get()] { impl->poller_loop(); });
+    name_thread(impl_->poller, "spool-poller");
 }
 
 SpoolSink::~SpoolSink() {

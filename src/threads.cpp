@@ -1,0 +1,17 @@
+#include "sigsci/threads.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <array>
+
+namespace sigsci {
+
+void name_thread(std::thread& thread, std::string_view name) noexcept {
+    std::array<char, 16> buffer{};  // the kernel's TASK_COMM_LEN, with the terminating NUL
+    const auto n = std::min(name.size(), buffer.size() - 1);
+    std::copy_n(name.data(), n, buffer.data());
+    ::pthread_setname_np(thread.native_handle(), buffer.data());
+}
+
+}  // namespace sigsci

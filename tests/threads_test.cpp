@@ -1,0 +1,77 @@
+// Thread names: what `top -H` and `ps -L` show an operator (docs/architecture.md).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sigsci/daemon.hpp"
+#include "sigsci/threads.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+std::string comm_of(const std::filesystem::path& task) {
+    std::ifstream in(task / "comm");
+    std::string name;
+    std::getline(in, name);
+    return name;
+}
+
+// The names of this process's threads, one entry per thread.
+std::multiset<std::string> thread_names() {
+    std::multiset<std::string> names;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        names.insert(comm_of(task.path()));
+    }
+    return names;
+}
+
+TEST(ThreadNames, ANameLongerThanTheKernelKeepsIsCutAt15Bytes) {
+    std::promise<void> release;
+    std::thread thread([done = release.get_future()] { done.wait(); });
+    name_thread(thread, "short");
+    const auto with_short = thread_names();
+    name_thread(thread, "a-name-of-twenty-six-bytes");
+    const auto with_long = thread_names();
+    release.set_value();
+    thread.join();
+    EXPECT_EQ(with_short.count("short"), 1u);
+    EXPECT_EQ(with_long.count("short"), 0u);
+    EXPECT_EQ(with_long.count("a-name-of-twent"), 1u);
+}
+
+TEST(ThreadNames, EachOfTheDaemonsThreadsSaysWhatItDoes) {
+    test::TempDir dir;
+    test::write_file(dir / "key", "thread-test-key\n");
+    test::write_file(dir / "config.json", R"({
+      "listen": ["127.0.0.1:0"],
+      "threads": 3,
+      "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
+                     "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
+      "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
+      "spool": {"path": "spool.db"}
+    })");
+    auto cfg = load_config(dir / "config.json");
+    ASSERT_TRUE(cfg) << cfg.error();
+    const auto before = thread_names();
+    Daemon daemon(std::move(cfg).value());
+    daemon.start();
+    auto names = thread_names();
+    daemon.shutdown();
+    for (const auto& name : before) {
+        if (const auto it = names.find(name); it != names.end()) names.erase(it);
+    }
+    // Three I/O threads, max(2, threads) delivery threads, the spool's writer and poller.
+    EXPECT_EQ(names, (std::multiset<std::string>{
+                         "sigsci-io-0", "sigsci-io-1", "sigsci-io-2", "sigsci-deliver",
+                         "sigsci-deliver", "sigsci-deliver", "spool-writer", "spool-poller"}));
+}
+
+}  // namespace
+}  // namespace sigsci
