@@ -10,3 +10,25 @@ bench_setup() {
     printf 'bench-key\n' > "$work/key"
     python3 bench/make_bodies.py bench-key "$1" "$work/bodies.txt"
 }
+
+# CPU ticks (utime + stime) of each of PID's threads, summed by thread name: "name ticks" lines.
+thread_ticks() {
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(cat "$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
+    done | awk '{s[$1] += $2} END {for (n in s) print n, s[n]}' | sort
+}
+
+# "name:µs,..." CPU per request of each thread name, from two thread_ticks snapshots (files).
+thread_us_per_request() {  # BEFORE AFTER REQUESTS
+    join -a 2 -e 0 -o 0,1.2,2.2 "$1" "$2" |
+        awk -v n="$3" '{printf "%s%s:%.1f", (NR > 1 ? "," : ""), $1, n ? ($3 - $2) * 10000 / n : 0}'
+}
+
+# "busy iowait": CPU 0's shares (per cent) between two `grep '^cpu0 ' /proc/stat` lines (files).
+# Idle time while a thread waits for the disk counts as iowait.
+cpu0_shares() {  # BEFORE AFTER
+    paste -d' ' "$1" "$2" | awk '{
+        for (i = 2; i <= 11; i++) { b += $i; a += $(i + 11) }
+        t = a - b; idle = ($(5 + 11) - $5) + ($(6 + 11) - $6)
+        printf "%.1f %.1f", t ? 100 - 100 * idle / t : 0, t ? 100 * ($(6 + 11) - $6) / t : 0 }'
+}
