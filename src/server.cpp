@@ -47,6 +47,16 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto linger_time = 1000ms;
 constexpr std::size_t linger_bytes = 1024 * 1024;
 constexpr std::size_t path_log_chars = 256;
+// See connection_limit_key().
+std::string limit_key(const asio::ip::address& address) {
+    if (address.is_v4()) return address.to_string();
+    const auto v6 = address.to_v6();
+    if (v6.is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, v6).to_string();
+    auto bytes = v6.to_bytes();
+    std::fill(bytes.begin() + 8, bytes.end(), 0);
+    return asio::ip::address_v6(bytes, v6.scope_id()).to_string() + "/64";
+}
+
 // The admin listener is for a scraper or two, never a crowd.
 constexpr std::size_t max_admin_connections = 64;
 
@@ -59,7 +69,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
           timer(socket.get_executor()),
           role(r),
           remote_address(remote()),
-          remote_ip(remote_address.substr(0, remote_address.rfind(':'))) {}
+          remote_ip(remote_key()) {}
 
     tcp::socket socket;
     std::shared_ptr<ssl::context> tls;  // the listener's context when it accepted; null: plain
@@ -69,7 +79,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     bool timed_out = false;
     bool idle = false;  // waiting for the first byte of the next request
     std::string remote_address;
-    std::string remote_ip;  // what the per-address cap counts
+    std::string remote_ip;  // what the per-address cap counts (limit_key)
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -88,6 +98,12 @@ struct Connection : std::enable_shared_from_this<Connection> {
     void disarm() {
         ++generation;
         timer.cancel();
+    }
+
+    std::string remote_key() const {
+        error_code ec;
+        const auto ep = socket.remote_endpoint(ec);
+        return ec ? "unknown" : limit_key(ep.address());
     }
 
     std::string remote() const {  // while the socket is open
@@ -615,6 +631,12 @@ std::vector<std::string> Server::bound_addresses(Listener role) const {
         if (b.role == role) out.push_back(b.address);
     }
     return out;
+}
+
+std::string connection_limit_key(std::string_view address) {
+    error_code ec;
+    const auto parsed = asio::ip::make_address(std::string(address), ec);
+    return ec ? std::string() : limit_key(parsed);
 }
 
 std::vector<std::uint16_t> Server::ports(Listener role) const {

@@ -14,6 +14,7 @@
 
 #include "sigsci/daemon.hpp"
 #include "sigsci/log.hpp"
+#include "sigsci/server.hpp"
 #include "sigsci/signature.hpp"
 #include "sigsci/spool.hpp"
 #include "test_support.hpp"
@@ -668,6 +669,23 @@ namespace {
 TEST_F(ServerTest, ConnectionsBeyondThePerAddressCapAreRefused) {
     expect_third_refused_until_one_closes(R"("max_connections_per_ip": 2)",
                                           "max_connections_per_ip reached");
+}
+
+// Loopback has one address per family, so the grouping itself is checked on the function the
+// cap counts by.
+TEST(ConnectionLimitKey, CountsIpv4ByAddressAndIpv6ByItsSlash64) {
+    EXPECT_EQ(connection_limit_key("192.0.2.7"), "192.0.2.7");
+    EXPECT_NE(connection_limit_key("192.0.2.7"), connection_limit_key("192.0.2.8"));
+    // An IPv4 client on a dual-stack socket is still counted by its IPv4 address, not lumped
+    // with every other IPv4 client into ::ffff:0:0/64.
+    EXPECT_EQ(connection_limit_key("::ffff:192.0.2.7"), "192.0.2.7");
+    EXPECT_NE(connection_limit_key("::ffff:192.0.2.7"), connection_limit_key("::ffff:192.0.2.8"));
+    // One subscriber's /64: any interface id counts against the same cap.
+    EXPECT_EQ(connection_limit_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+    EXPECT_EQ(connection_limit_key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+    EXPECT_NE(connection_limit_key("2001:db8:1:3::1"), connection_limit_key("2001:db8:1:2::1"));
+    EXPECT_EQ(connection_limit_key("::1"), "::/64");
+    EXPECT_EQ(connection_limit_key("not an address"), "");
 }
 
 TEST_F(ServerTest, TooManyHeaderFieldsGet431) {

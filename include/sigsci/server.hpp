@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sigsci/config.hpp"
@@ -16,6 +17,12 @@ class io_context;
 namespace sigsci {
 
 class WebhookService;
+
+// What limits.max_connections_per_ip counts a client by: its IPv4 address (also when it comes
+// as an IPv4-mapped IPv6 address, as on a dual-stack socket systemd may pass), or the /64
+// network of its IPv6 address, since one IPv6 subscriber holds a whole /64 and could otherwise
+// take every slot with addresses of its own. Empty for text that is not an address.
+std::string connection_limit_key(std::string_view address);
 
 // What a listener serves: webhooks, or the admin endpoints (/metrics, /healthz).
 enum class Listener { webhook, admin };
