@@ -47,6 +47,7 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr auto linger_time = 1000ms;
 constexpr std::size_t linger_bytes = 1024 * 1024;
 constexpr std::size_t path_log_chars = 256;
+
 // See connection_limit_key().
 std::string limit_key(const asio::ip::address& address) {
     if (address.is_v4()) return address.to_string();
@@ -64,12 +65,15 @@ constexpr std::size_t max_admin_connections = 64;
 // beast::tcp_stream), so a slow client can still be told 408.
 struct Connection : std::enable_shared_from_this<Connection> {
     Connection(tcp::socket s, Listener r, std::shared_ptr<ssl::context> t)
-        : socket(std::move(s)),
-          tls(std::move(t)),
-          timer(socket.get_executor()),
-          role(r),
-          remote_address(remote()),
-          remote_ip(remote_key()) {}
+        : socket(std::move(s)), tls(std::move(t)), timer(socket.get_executor()), role(r) {
+        error_code ec;
+        const auto ep = socket.remote_endpoint(ec);
+        if (ec) return;
+        const auto addr = ep.address().to_string();
+        remote_address =
+            (ep.address().is_v6() ? "[" + addr + "]" : addr) + ":" + std::to_string(ep.port());
+        remote_ip = limit_key(ep.address());
+    }
 
     tcp::socket socket;
     std::shared_ptr<ssl::context> tls;  // the listener's context when it accepted; null: plain
@@ -78,8 +82,8 @@ struct Connection : std::enable_shared_from_this<Connection> {
     std::uint64_t generation = 0;  // lets a stale timer completion know it is stale
     bool timed_out = false;
     bool idle = false;  // waiting for the first byte of the next request
-    std::string remote_address;
-    std::string remote_ip;  // what the per-address cap counts (limit_key)
+    std::string remote_address = "unknown";
+    std::string remote_ip = "unknown";  // what the per-address cap counts (limit_key)
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -98,20 +102,6 @@ struct Connection : std::enable_shared_from_this<Connection> {
     void disarm() {
         ++generation;
         timer.cancel();
-    }
-
-    std::string remote_key() const {
-        error_code ec;
-        const auto ep = socket.remote_endpoint(ec);
-        return ec ? "unknown" : limit_key(ep.address());
-    }
-
-    std::string remote() const {  // while the socket is open
-        error_code ec;
-        const auto ep = socket.remote_endpoint(ec);
-        if (ec) return "unknown";
-        const auto addr = ep.address().to_string();
-        return (ep.address().is_v6() ? "[" + addr + "]" : addr) + ":" + std::to_string(ep.port());
     }
 };
 
