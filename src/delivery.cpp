@@ -18,11 +18,13 @@ namespace sigsci {
 
 // An io_context run by threads of our own (not asio::thread_pool, whose threads cannot be named).
 struct DeliveryPool::Impl {
-    explicit Impl(unsigned threads) : pool(static_cast<int>(std::max(1u, threads))) {
-        for (unsigned i = 0; i < std::max(1u, threads); ++i) {
+    explicit Impl(unsigned threads)
+        : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {
+        for (unsigned i = 0; i < thread_count; ++i) {
             name_thread(workers.emplace_back([this] { pool.run(); }), "sigsci-deliver");
         }
     }
+    const unsigned thread_count;
     boost::asio::io_context pool;
     std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work{
         pool.get_executor()};
