@@ -9,6 +9,7 @@
 #include "sigsci/clock.hpp"
 #include "sigsci/event.hpp"
 #include "sigsci/spool.hpp"
+#include "sigsci/sqlite_wal_buffer.hpp"
 
 namespace sigsci {
 
@@ -118,7 +119,7 @@ class SqliteSpool final : public Spool {
         sqlite3* raw = nullptr;
         const int rc = sqlite3_open_v2(
             path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-            nullptr);
+            wal_buffer_vfs());
         db_.reset(raw);
         if (rc != SQLITE_OK) fail("open");
         sqlite3_busy_timeout(db_.get(), 10000);
