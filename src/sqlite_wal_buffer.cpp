@@ -102,26 +102,31 @@ int wal_write(sqlite3_file* f, const void* data, int n, sqlite3_int64 offset) {
     const bool commit = page && w->commit_frame;
     w->after_header = header;
     w->commit_frame = header && be32(bytes + 4) != 0;
-    if (offset != w->end) {  // not an append: in order, and straight to the file
-        int rc = flush(w);
-        if (rc == SQLITE_OK) rc = w->real->pMethods->xWrite(w->real, data, n, offset);
-        if (rc != SQLITE_OK) {
-            w->end = -1;
-        } else if (offset == 0 && static_cast<std::size_t>(n) == wal_header_bytes) {
-            w->end = n;  // a new WAL: its frames follow, from the start
-        } else {
-            w->end = std::max(w->end, offset + n);
+    if (offset == w->end) {
+        try {
+            if (w->buffer.empty()) w->start = offset;
+            w->buffer.insert(w->buffer.end(), bytes, bytes + n);
+            w->end = offset + n;
+            // Held back: a frame's header until its page comes, and a whole frame that does
+            // not end a commit. Anything else (the page that ends a commit, or a write of a
+            // shape this does not know) goes out now.
+            const bool hold = header || (page && !commit);
+            return hold && w->buffer.size() < max_buffered ? SQLITE_OK : flush(w);
+        } catch (const std::bad_alloc&) {
+            // No memory to gather it (nothing was added): written straight, below.
         }
-        return rc;
     }
-    if (w->buffer.empty()) w->start = offset;
-    w->buffer.insert(w->buffer.end(), bytes, bytes + n);
-    w->end = offset + n;
-    // Held back: a frame's header until its page comes, and a whole frame that does not end a
-    // commit. Anything else (the page that ends a commit, or a write of a shape this does not
-    // know) goes out now.
-    const bool hold = header || (page && !commit);
-    return hold && w->buffer.size() < max_buffered ? SQLITE_OK : flush(w);
+    // Not an append (or no memory): in order, and straight to the file.
+    int rc = flush(w);
+    if (rc == SQLITE_OK) rc = w->real->pMethods->xWrite(w->real, data, n, offset);
+    if (rc != SQLITE_OK) {
+        w->end = -1;
+    } else if (offset == 0 && static_cast<std::size_t>(n) == wal_header_bytes) {
+        w->end = n;  // a new WAL: its frames follow, from the start
+    } else {
+        w->end = std::max(w->end, offset + n);
+    }
+    return rc;
 }
 
 int wal_truncate(sqlite3_file* f, sqlite3_int64 size) {
