@@ -134,7 +134,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m)
         : config(std::move(c)),
-          writer_db(open_sqlite_spool(config.path, {config.max_bytes})),
+          writer_db(open_sqlite_spool(
+              config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
           reader_db(open_sqlite_spool(config.path)),
           pool(threads),
           max_pending_events(max_pending),

@@ -10,42 +10,13 @@
 #include <string>
 
 #include "sigsci/sqlite_wal_buffer.hpp"
+#include "sqlite_test_db.hpp"
 #include "test_support.hpp"
 
 namespace sigsci {
 namespace {
 
-struct Db {
-    explicit Db(const std::filesystem::path& path, const char* vfs = nullptr) {
-        sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs);
-    }
-    ~Db() { sqlite3_close_v2(db); }
-    Db(const Db&) = delete;
-    Db& operator=(const Db&) = delete;
-
-    // Runs `sql`; false (with the error in `error`) when SQLite refuses it.
-    bool exec(const std::string& sql) {
-        char* message = nullptr;
-        const bool ok = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &message) == SQLITE_OK;
-        error = message ? message : "";
-        sqlite3_free(message);
-        return ok;
-    }
-    std::string text(const std::string& sql) {
-        sqlite3_stmt* s = nullptr;
-        std::string out = "(error)";
-        if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK &&
-            sqlite3_step(s) == SQLITE_ROW) {
-            const auto* t = sqlite3_column_text(s, 0);
-            out = t ? reinterpret_cast<const char*>(t) : "";
-        }
-        sqlite3_finalize(s);
-        return out;
-    }
-
-    sqlite3* db = nullptr;
-    std::string error;
-};
+using test::Db;
 
 // 300 rows of 1 KB, then every row rewritten in the same transaction: with a cache of 10 pages
 // SQLite spills frames before the commit and rewrites some of them in place (their checksums

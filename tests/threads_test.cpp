@@ -70,10 +70,12 @@ TEST(ThreadNames, EachOfTheDaemonsThreadsSaysWhatItDoes) {
     for (const auto& name : before) {
         if (const auto it = names.find(name); it != names.end()) names.erase(it);
     }
-    // Three I/O threads, max(2, threads) delivery threads, the spool's writer and poller.
-    EXPECT_EQ(names, (std::multiset<std::string>{
-                         "sigsci-io-0", "sigsci-io-1", "sigsci-io-2", "sigsci-deliver",
-                         "sigsci-deliver", "sigsci-deliver", "spool-writer", "spool-poller"}));
+    // Three I/O threads, max(2, threads) delivery threads, the spool's writer, poller and
+    // checkpointer.
+    EXPECT_EQ(names,
+              (std::multiset<std::string>{"sigsci-io-0", "sigsci-io-1", "sigsci-io-2",
+                                          "sigsci-deliver", "sigsci-deliver", "sigsci-deliver",
+                                          "spool-writer", "spool-poller", "spool-checkpt"}));
 }
 
 }  // namespace

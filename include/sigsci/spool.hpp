@@ -107,6 +107,8 @@ struct SpoolStats {
 
 struct SpoolOptions {
     std::uint64_t max_bytes = 0;  // 0: no limit; beyond it stores fail (SQLITE_FULL)
+    // For the writer's connection: checkpoints run on a thread of their own (docs/spool.md).
+    bool background_checkpoints = false;
 };
 
 class Spool {

@@ -1,0 +1,41 @@
+#pragma once
+// Checkpoints an SQLite WAL on a thread and a connection of its own, so that the writer's commits
+// do not stop while a checkpoint copies pages into the database file and syncs it. See
+// sqlite_checkpointer.cpp and docs/spool.md.
+
+#include <sqlite3.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace sigsci {
+
+class WalCheckpointer {
+  public:
+    // A checkpoint is asked for once the WAL holds this many frames (SQLite's own default for
+    // its checkpoints), and the writer checkpoints by itself at `writer_frames` (this one has
+    // fallen behind).
+    static constexpr int request_frames = 1000;
+    static constexpr int writer_frames = 4 * request_frames;
+
+    // `transactions` is held by the writer's connection for each of its write transactions.
+    // Opens its own connection to `path` (through wal_buffer_vfs()); throws SpoolError.
+    WalCheckpointer(const std::string& path, std::mutex& transactions);
+    ~WalCheckpointer();  // finishes a checkpoint under way, then stops
+    WalCheckpointer(const WalCheckpointer&) = delete;
+    WalCheckpointer& operator=(const WalCheckpointer&) = delete;
+
+    // Install on the writer's connection: sqlite3_wal_hook(db, &WalCheckpointer::wal_hook, this).
+    // It replaces SQLite's automatic checkpoints there.
+    static int wal_hook(void* checkpointer, sqlite3* db, const char* name, int frames);
+
+    void request();    // cheap when one is already asked for or under way
+    void wait_idle();  // until none is asked for or under way
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sigsci
