@@ -733,6 +733,22 @@ TEST_F(ServerTest, TricklingClientIsCutOffAtTheRequestTimeout) {
     EXPECT_TRUE(logged([](Json& j) { return j["msg"] == "request" && j["status"] == 408; }));
 }
 
+// Each request has its own deadline: a keep-alive client whose requests together last longer
+// than request_timeout_ms is never cut off (the timer, armed once, waits again when it finds the
+// deadline moved on).
+TEST_F(ServerTest, AKeepAliveClientOutlastsTheRequestTimeoutAcrossRequests) {
+    start(R"("request_timeout_ms": 200, "idle_timeout_ms": 1000)");
+    RawClient c(port);
+    for (int i = 0; i < 10; ++i) {
+        c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        EXPECT_EQ(c.read_response().status, 200) << "request " << i;
+        // Pacing, not waiting: ten requests 60 ms apart span three request timeouts.
+        std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    }
+    c.send("POST /sigsci/test HTTP/1.1\r\nHost: x\r\n");  // and then nothing
+    EXPECT_EQ(c.read_response().status, 408);             // the deadline still holds for a slow one
+}
+
 TEST_F(ServerTest, ClientErrorLinesAreRateLimited) {
     auto text = config_text("", R"(["127.0.0.1:0"])", R"([{"file": "key-one"}])");
     text.replace(text.find("\"threads\""), 0, R"("log": {"client_errors_per_second": 5}, )");
