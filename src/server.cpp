@@ -12,13 +12,16 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <charconv>
 #include <condition_variable>
 #include <mutex>
 #include <unordered_set>
@@ -83,6 +86,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     bool idle = false;  // waiting for the first byte of the next request
     std::string remote_address = "unknown";
     std::string remote_ip = "unknown";  // what the per-address cap counts (limit_key)
+    std::string output;                 // the answer being written; capacity kept between them
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -194,6 +198,33 @@ std::string truncated(std::string_view s, std::size_t n) {
 }
 
 }  // namespace
+
+void serialize_response(const Response& r, unsigned version, bool keep_alive, std::string& out) {
+    const auto status = static_cast<http::status>(r.status);
+    const std::string_view content_type =
+        r.content_type.empty() ? std::string_view("application/json") : r.content_type;
+    const auto number = [&out](std::size_t n) {
+        std::array<char, 20> digits;
+        const auto end = std::to_chars(digits.data(), digits.data() + digits.size(), n).ptr;
+        out.append(digits.data(), end);
+    };
+    out.assign(version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+    number(static_cast<std::size_t>(r.status));
+    out += ' ';
+    out += http::obsolete_reason(status);
+    out += "\r\nServer: sigsci-webhookd\r\nContent-Type: ";
+    out += content_type;
+    if (!r.allow.empty()) {
+        out += "\r\nAllow: ";
+        out += r.allow;
+    }
+    if (version >= 11 && !keep_alive) out += "\r\nConnection: close";
+    if (version < 11 && keep_alive) out += "\r\nConnection: keep-alive";
+    out += "\r\nContent-Length: ";
+    number(r.body.size());
+    out += "\r\n\r\n";
+    out += r.body;
+}
 
 struct Server::Impl : std::enable_shared_from_this<Impl> {
     Impl(asio::io_context& i, WebhookService& s, unsigned threads)
@@ -367,16 +398,9 @@ template <class Stream>
 asio::awaitable<bool> Server::Impl::write_response(Connection& c, Stream& stream, const Response& r,
                                                    unsigned version, bool keep_alive,
                                                    std::chrono::milliseconds timeout) {
-    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
-    res.set(http::field::server, "sigsci-webhookd");
-    res.set(http::field::content_type,
-            r.content_type.empty() ? std::string_view("application/json") : r.content_type);
-    if (!r.allow.empty()) res.set(http::field::allow, r.allow);
-    res.keep_alive(keep_alive);
-    res.body() = r.body;
-    res.prepare_payload();
+    serialize_response(r, version, keep_alive, c.output);
     c.arm(timeout);
-    auto [ec, n] = co_await http::async_write(stream, res, use_tuple);
+    auto [ec, n] = co_await asio::async_write(stream, asio::buffer(c.output), use_tuple);
     c.disarm();
     co_return !ec;
 }

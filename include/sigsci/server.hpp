@@ -17,6 +17,13 @@ class io_context;
 namespace sigsci {
 
 class WebhookService;
+struct Response;
+
+// An answer as HTTP/1.`version % 10` bytes, into `out` (its capacity reused): the status line,
+// then Server, Content-Type, Allow (when set), Connection (close for a 1.1 answer that ends the
+// connection, keep-alive for a 1.0 one that does not) and Content-Length, then the body. The
+// same bytes Beast's serializer wrote for the same answer, without its per-field allocations.
+void serialize_response(const Response& r, unsigned version, bool keep_alive, std::string& out);
 
 // What limits.max_connections_per_ip counts a client by: its IPv4 address (also when it comes
 // as an IPv4-mapped IPv6 address, as on a dual-stack socket systemd may pass), or the /64
