@@ -535,9 +535,9 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                     } else {
                         c->disarm();
                         read_all = true;
-                        const std::string signature(req["X-SigSci-Signature"]);
-                        auto verdict = service.check_body(*runtime, endpoint, signature,
-                                                          std::move(req.body()));
+                        // The field stays in `req` while the body is moved out of it.
+                        auto verdict = service.check_body(
+                            *runtime, endpoint, req["X-SigSci-Signature"], std::move(req.body()));
                         if (auto* accepted = std::get_if<Accepted>(&verdict)) {
                             const auto event = accepted->event;
                             const bool unrouted = accepted->handlers.empty();
