@@ -96,8 +96,9 @@ struct WalCheckpointer::Impl {
             before = copied;
             if (little_new) break;
         }
-        // A pass that did not copy everything does not sync the file: do it now, so that the
-        // last step under the writer's mutex syncs only what it copies itself.
+        // SQLite syncs the file after a pass only when no commit came in meanwhile, which under
+        // load is rare: sync here either way, so that the last step, under the writer's mutex,
+        // syncs only what it copies itself.
         if (database_fd >= 0) ::fdatasync(database_fd);
         std::lock_guard writer(transactions);
         sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
