@@ -86,7 +86,8 @@ TEST(WalCheckpointer, TheWriterCheckpointsByItselfAtWriterFrames) {
     const int grown = wal.frames;
     ASSERT_GT(grown, 100);
 
-    // The hook's argument decides, not the WAL's real length; below the mark it only asks.
+    // Called as SQLite would after a commit that took the WAL to writer_frames (the argument
+    // decides, not the WAL's real length): the writer checkpoints there and then.
     EXPECT_EQ(WalCheckpointer::wal_hook(nullptr, writer.db, "main", WalCheckpointer::writer_frames),
               SQLITE_OK);
     ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
