@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -143,7 +142,7 @@ class SqliteSpool final : public Spool {
             exec(view);
         });
         if (options.background_checkpoints) {
-            checkpointer_ = std::make_unique<WalCheckpointer>(path_, transactions_);
+            checkpointer_ = std::make_unique<WalCheckpointer>(path_);
             sqlite3_wal_hook(db_.get(), &WalCheckpointer::wal_hook, checkpointer_.get());
         }
         if (options.max_bytes > 0) {
@@ -402,8 +401,7 @@ class SqliteSpool final : public Spool {
     // throws. BEGIN and COMMIT are prepared once, like every statement of the hot path.
     template <class Body>
     void in_transaction(Body&& body) {
-        std::unique_lock<std::mutex> lock;
-        if (checkpointer_) lock = std::unique_lock(transactions_);
+        if (checkpointer_) checkpointer_->before_transaction(db_.get());
         step(stmt("BEGIN IMMEDIATE"));
         try {
             body();
@@ -590,7 +588,6 @@ class SqliteSpool final : public Spool {
     std::unordered_map<const char*, Stmt> stmts_;
     std::unordered_set<std::string> marked_;  // handlers known to have a progress row
     std::string names_;                       // store_one's handler list, bound without a copy
-    std::mutex transactions_;                 // held by each transaction while checkpointer_ runs
     std::unique_ptr<WalCheckpointer> checkpointer_;  // declared after db_: stopped before it closes
 };
 

@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
-#include <mutex>
+#include <filesystem>
 #include <string>
 
 #include "sigsci/sqlite_wal_buffer.hpp"
@@ -49,28 +49,39 @@ TEST(WalCheckpointer, CopiesTheWalSoThatTheWritersNextTransactionStartsItAgain) 
     const auto path = dir / "db";
     make_table(path);
     Db writer(path, wal_buffer_vfs());
-    std::mutex transactions;
-    WalCheckpointer checkpointer(path.string(), transactions);
+    WalCheckpointer checkpointer(path.string());
     WalLength wal{&checkpointer};
     sqlite3_wal_hook(writer.db, &WalLength::hook, &wal);
 
     int rows = 0;
-    while (wal.frames < WalCheckpointer::request_frames) {
-        std::lock_guard lock(transactions);
-        ASSERT_TRUE(writer.exec(fifty_rows(rows))) << writer.error;
-        rows += 50;
-        ASSERT_LT(rows, 10000) << "the WAL never reached request_frames";
-    }
-    // That commit's hook asked for a checkpoint.
-    checkpointer.wait_idle();
-    {
-        std::lock_guard lock(transactions);
-        ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
-    }
-    // A WAL that had not been copied whole would have grown past request_frames instead.
-    EXPECT_LT(wal.frames, 10);
+    auto fill_to = [&](int frames) {
+        while (wal.frames < frames) {
+            checkpointer.before_transaction(writer.db);
+            ASSERT_TRUE(writer.exec(fifty_rows(rows))) << writer.error;
+            rows += 50;
+            ASSERT_LT(rows, 10000) << "the WAL never reached " << frames << " frames";
+        }
+    };
+    // A reader's snapshot from half way keeps the checkpointer's passes below it, as the
+    // writer's commits during the passes do under load: the frames after it are left over.
+    fill_to(WalCheckpointer::request_frames / 2);
     Db reader(path);
-    EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 1));
+    ASSERT_TRUE(reader.exec("BEGIN; SELECT COUNT(*) FROM t;")) << reader.error;
+    fill_to(WalCheckpointer::request_frames);
+    checkpointer.wait_idle();  // the commit that reached request_frames asked for a round
+    // Its passes copied the frames below the snapshot: about half the WAL's pages, 4 KiB each.
+    EXPECT_GT(std::filesystem::file_size(path), WalCheckpointer::request_frames / 4 * 4096);
+    ASSERT_TRUE(reader.exec("COMMIT")) << reader.error;
+
+    // Without the last step, the next transaction appends to the WAL.
+    ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-2, 'before the last step')"))
+        << writer.error;
+    EXPECT_GT(wal.frames, WalCheckpointer::request_frames);
+    // With it, the next transaction starts the WAL again: it had been copied whole.
+    checkpointer.before_transaction(writer.db);
+    ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
+    EXPECT_LT(wal.frames, 10);
+    EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 2));
     EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");
 }
 

@@ -6,7 +6,6 @@
 #include <sqlite3.h>
 
 #include <memory>
-#include <mutex>
 #include <string>
 
 namespace sigsci {
@@ -19,9 +18,8 @@ class WalCheckpointer {
     static constexpr int request_frames = 1000;
     static constexpr int writer_frames = 4 * request_frames;
 
-    // `transactions` is held by the writer's connection for each of its write transactions.
     // Opens its own connection to `path` (through wal_buffer_vfs()); throws SpoolError.
-    WalCheckpointer(const std::string& path, std::mutex& transactions);
+    explicit WalCheckpointer(const std::string& path);
     ~WalCheckpointer();  // finishes a checkpoint under way, then stops
     WalCheckpointer(const WalCheckpointer&) = delete;
     WalCheckpointer& operator=(const WalCheckpointer&) = delete;
@@ -30,7 +28,13 @@ class WalCheckpointer {
     // It replaces SQLite's automatic checkpoints there.
     static int wal_hook(void* checkpointer, sqlite3* db, const char* name, int frames);
 
-    void request();    // cheap when one is already asked for or under way
+    void request();  // cheap when one is already asked for, under way, or waiting for its last step
+
+    // The writer calls this before each write transaction, on its own connection. After a round
+    // of this thread's, it checkpoints the frames committed since (the last step), so that the
+    // transaction starts the WAL again; otherwise it costs one atomic load.
+    void before_transaction(sqlite3* writer);
+
     void wait_idle();  // until none is asked for or under way
 
   private:
