@@ -4,6 +4,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -26,6 +27,7 @@
 #include <mutex>
 #include <unordered_set>
 
+#include "sigsci/completion_batch.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
 #include "sigsci/tls.hpp"
@@ -179,15 +181,38 @@ class ClientErrorLog {
 // Suspends the request's coroutine until the sink has kept (or refused) the event; the I/O
 // thread serves other connections meanwhile, which is what lets many requests share one commit.
 template <class Token>
-auto async_submit(WebhookService& service, Accepted accepted, Token&& token) {
+auto async_submit(WebhookService& service, asio::io_context& ioc, Accepted accepted,
+                  Token&& token) {
     return asio::async_initiate<Token, void(SubmitResult)>(
-        [&service](auto handler, Accepted a) {
+        [&service, &ioc](auto handler, Accepted a) {
             auto executor = asio::get_associated_executor(handler);
             auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-            service.submit(std::move(a), [shared, executor](SubmitResult r) {
-                asio::post(executor, [shared, r = std::move(r)]() mutable {
+            service.submit(std::move(a), [shared, executor, &ioc](SubmitResult r) {
+                auto resume = [shared, r = std::move(r)]() mutable {
                     std::move (*shared)(std::move(r));
-                });
+                };
+                // The spool's writer answers a commit's requests together: one hand-over to
+                // the I/O threads for all of them, not a post (and maybe a wake-up) each. Each
+                // request then resumes on its own executor (its connection's strand when there
+                // are several I/O threads; at once when there is one).
+                auto* batch = CompletionBatch::current();
+                if (batch != nullptr) {
+                    batch->add(
+                        &ioc,
+                        [executor, resume = std::move(resume)]() mutable {
+                            asio::dispatch(executor, std::move(resume));
+                        },
+                        [&ioc] {
+                            return
+                                [ex = ioc.get_executor()](std::vector<CompletionBatch::Work> work) {
+                                    asio::post(ex, [work = std::move(work)] {
+                                        for (const auto& w : work) w();
+                                    });
+                                };
+                        });
+                } else {
+                    asio::post(executor, std::move(resume));
+                }
             });
         },
         token, std::move(accepted));
@@ -541,8 +566,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                         if (auto* accepted = std::get_if<Accepted>(&verdict)) {
                             const auto event = accepted->event;
                             const bool unrouted = accepted->handlers.empty();
-                            const auto result = co_await async_submit(service, std::move(*accepted),
-                                                                      asio::use_awaitable);
+                            const auto result = co_await async_submit(
+                                service, ioc, std::move(*accepted), asio::use_awaitable);
                             res = service.answer(*event, unrouted, result);
                         } else {
                             res = std::move(std::get<Response>(verdict));

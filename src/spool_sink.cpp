@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "sigsci/clock.hpp"
+#include "sigsci/completion_batch.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
 #include "sigsci/threads.hpp"
@@ -342,6 +343,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void finish_stores(std::vector<StoreRequest>& batch, const std::vector<Decision>& decisions,
                        const std::string& error) {
+        // The answers below are handed to their threads together, when this returns.
+        const CompletionBatch answers;
         bool stopping_now;
         {
             std::lock_guard lock(mutex);

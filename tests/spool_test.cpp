@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include "sigsci/clock.hpp"
+#include "sigsci/completion_batch.hpp"
 #include "sigsci/log.hpp"
 #include "sigsci/spool.hpp"
 #include "sigsci/spool_sink.hpp"
@@ -486,6 +487,47 @@ class SpoolSinkTest : public ::testing::Test {
     std::map<std::string, HandlerPtr> handlers;
     std::unique_ptr<SpoolSink> sink;
 };
+
+// The writer answers a commit's requests inside a CompletionBatch, so that a caller that hands
+// answers to another thread (the server) can hand over a whole commit's at once.
+TEST_F(SpoolSinkTest, AnswersInsideACompletionBatchThatHandsOverAfterTheAnswers) {
+    start();
+    auto fine = std::make_shared<FlakyHandler>("fine", 0);
+    add(fine);
+    std::mutex m;
+    std::condition_variable cv;
+    std::vector<std::string> seen;  // what the callback saw, then what the hand-over ran
+    auto note = [&](std::string what) {
+        std::lock_guard lock(m);
+        seen.push_back(std::move(what));
+        cv.notify_all();
+    };
+    const int key = 0;
+    auto answer_via_batch = [&](SubmitResult) {
+        auto* batch = CompletionBatch::current();
+        note(batch ? "in a batch" : "no batch");
+        if (batch == nullptr) return;
+        batch->add(
+            &key, [&] { note("handed over"); },
+            [&] {
+                return [&](std::vector<CompletionBatch::Work> work) {
+                    note("hand-over of " + std::to_string(work.size()));
+                    for (const auto& w : work) w();
+                };
+            });
+    };
+    const auto body = test::sample("flag");
+    auto env = parse_envelope(body);
+    ASSERT_TRUE(env);
+    auto event =
+        make_event("/hook", body, std::move(env).value(), std::chrono::system_clock::now());
+    sink->submit(event, {fine}, answer_via_batch);
+    std::unique_lock lock(m);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] {
+        return seen.size() == 3 || (!seen.empty() && seen[0] == "no batch");
+    }));
+    EXPECT_EQ(seen, (std::vector<std::string>{"in a batch", "hand-over of 1", "handed over"}));
+}
 
 TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {
     auto flaky = std::make_shared<FlakyHandler>("flaky", 2);
