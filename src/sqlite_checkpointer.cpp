@@ -21,9 +21,9 @@
 // lets one checkpointer run beside one writer), in passes until a pass finds little new, and
 // syncs the database file. The writer, before its next transaction, checkpoints on its own
 // connection what was committed meanwhile: a few frames and one sync. That transaction finds the
-// WAL all copied and starts it again. So the writer waits only for that last step, and runs it at
-// its own priority: taken by this thread (nice 10) under the writer's lock, the same step took
-// 1-3 ms, since the I/O thread ran meanwhile.
+// WAL all copied and starts it again. So the writer waits only for that last step, and runs it
+// at its own priority, with no lock between the two threads (an earlier version had this thread,
+// at nice 10, take the step under a lock every write transaction held).
 //
 // If this thread falls behind (it runs at a lower priority), the writer checkpoints by itself at
 // writer_frames, as SQLite would: the WAL stays bounded whatever happens here.
