@@ -25,6 +25,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <mutex>
+#include <tuple>
 #include <unordered_set>
 
 #include "sigsci/completion_batch.hpp"
@@ -147,6 +148,27 @@ std::optional<Response> answer_for_read_error(const Connection& c, const error_c
     if (ec == http::error::body_limit) return error_response(413, "body too large");
     if (client_gone(ec)) return std::nullopt;
     return error_response(400, "malformed HTTP request");
+}
+
+// Feeds the parser what is already buffered, as Beast's reads do, but without an asynchronous
+// operation: Beast completes an operation that needed no I/O through a post, a trip through the
+// scheduler and a suspension of the request's coroutine. True when `done()` holds or the parser
+// failed (`ec`, as Beast's read would report it); false when more bytes must be read first,
+// which Beast's read then does with the parser where this left it.
+template <class Parser, class Done>
+bool parse_buffered(Parser& parser, beast::flat_buffer& buffer, error_code& ec, Done done) {
+    while (!done()) {
+        if (buffer.size() == 0) return false;
+        const auto used = parser.put(buffer.data(), ec);
+        buffer.consume(used);
+        if (ec == http::error::need_more) {
+            ec = {};
+            return false;
+        }
+        if (ec) return true;
+        if (used == 0) return false;
+    }
+    return true;
 }
 
 // Lines that anyone who can reach the port can cause (4xx answers, refused connections): at
@@ -508,7 +530,11 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
         std::string method;
         std::string path;
 
-        auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, use_tuple);
+        error_code hec;
+        if (!parse_buffered(parser, buffer, hec, [&] { return parser.is_header_done(); })) {
+            std::tie(hec, std::ignore) =
+                co_await http::async_read_header(stream, buffer, parser, use_tuple);
+        }
         if (hec) {
             auto answer = answer_for_read_error(*c, hec);
             if (!answer) break;
@@ -551,7 +577,12 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                 }
                 if (!c->timed_out) {
                     parser.body_limit(limits.max_body_bytes);
-                    auto [bec, bn] = co_await http::async_read(stream, buffer, parser, use_tuple);
+                    parser.eager(true);
+                    error_code bec;
+                    if (!parse_buffered(parser, buffer, bec, [&] { return parser.is_done(); })) {
+                        std::tie(bec, std::ignore) =
+                            co_await http::async_read(stream, buffer, parser, use_tuple);
+                    }
                     if (bec) {
                         auto answer = answer_for_read_error(*c, bec);
                         if (!answer) break;

@@ -349,6 +349,28 @@ TEST_F(ServerTest, PipelinedRequestsAreAnsweredInOrder) {
     EXPECT_EQ(c.read_response().status, 200);
 }
 
+// The server parses what has arrived and reads on from where the parser stopped: a request in
+// pieces (the head cut mid-line, the body cut in two) is the same request, and the next one on
+// the connection, arriving whole, is served as well.
+TEST_F(ServerTest, RequestArrivingInPiecesIsServedWhole) {
+    start();
+    const auto body = test::sample("flag");
+    const auto request = test::post("/sigsci/test", body, sign(body));
+    const auto head_end = request.find("\r\n\r\n") + 4;
+    RawClient c(port);
+    c.send(request.substr(0, head_end / 2));
+    c.send(request.substr(head_end / 2, head_end - head_end / 2));
+    c.send(request.substr(head_end, body.size() / 2));
+    c.send(request.substr(head_end + body.size() / 2));
+    EXPECT_EQ(c.read_response().status, 200);
+    const auto next = test::numbered(body, 1);
+    c.send(test::post("/sigsci/test", next, sign(next)));
+    EXPECT_EQ(c.read_response().status, 200);
+    const auto lines = archived();
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(lines[0]["payload"], Json::parse(body)["payload"]);
+}
+
 TEST_F(ServerTest, ConnectionCloseIsHonoured) {
     start();
     RawClient c(port);
