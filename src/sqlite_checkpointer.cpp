@@ -5,9 +5,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <string>
 #include <thread>
 
+#include "sigsci/log.hpp"
 #include "sigsci/spool.hpp"
 #include "sigsci/sqlite_wal_buffer.hpp"
 #include "sigsci/threads.hpp"
@@ -40,13 +45,71 @@ struct DbClose {
     void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
 };
 
+// Busy and locked are the two checkpointers meeting (this thread and the writer): the other one
+// does the work. Anything else is the disk or the file failing.
+bool checkpoint_failed(int rc) {
+    const int primary = rc & 0xff;
+    return primary != SQLITE_OK && primary != SQLITE_BUSY && primary != SQLITE_LOCKED;
+}
+
+// Failed checkpoints, from both threads, logged when they start failing (and when the error
+// changes), not each time: one line per outage, and one when checkpoints succeed again.
+class CheckpointFailures {
+  public:
+    void failed(std::string_view step, std::string error) {
+        std::lock_guard lock(mutex_);
+        ++count_;
+        if (error == last_error_) return;
+        log::error("spool checkpoint failed", {{"step", step}, {"error", error}});
+        last_error_ = std::move(error);
+    }
+
+    void succeeded() {
+        if (!failing_.load(std::memory_order_relaxed)) return;
+        std::lock_guard lock(mutex_);
+        if (count_ == 0) return;
+        log::info("spool checkpoints succeed again", {{"failed", count_}});
+        count_ = 0;
+        last_error_.clear();
+        failing_.store(false, std::memory_order_relaxed);
+    }
+
+    // Checks a checkpoint's result code on `db`'s connection.
+    void check(std::string_view step, sqlite3* db, int rc) {
+        if (!checkpoint_failed(rc)) {
+            if (rc == SQLITE_OK) succeeded();
+            return;
+        }
+        failing_.store(true, std::memory_order_relaxed);
+        std::string error = sqlite3_errmsg(db);
+        if (const int e = sqlite3_system_errno(db); e != 0)
+            error += std::string(": ") + std::strerror(e);
+        failed(step, std::move(error));
+    }
+
+    // Checks fdatasync's result; true when it succeeded.
+    bool check_sync(int result) {
+        if (result == 0) return true;
+        failing_.store(true, std::memory_order_relaxed);
+        failed("sync", std::strerror(errno));
+        return false;
+    }
+
+  private:
+    std::atomic<bool> failing_{false};  // so that success costs one load while all is well
+    std::mutex mutex_;
+    std::uint64_t count_ = 0;
+    std::string last_error_;
+};
+
 }  // namespace
 
 struct WalCheckpointer::Impl {
-    explicit Impl(const std::string& path) {
+    Impl(const std::string& path, const char* vfs) {
         sqlite3* raw = nullptr;
-        const int rc = sqlite3_open_v2(
-            path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, wal_buffer_vfs());
+        const int rc =
+            sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                            vfs != nullptr ? vfs : wal_buffer_vfs());
         db.reset(raw);
         if (rc != SQLITE_OK) {
             throw SpoolError("spool " + path + ": open for checkpoints: " +
@@ -94,9 +157,12 @@ struct WalCheckpointer::Impl {
         int frames = 0;
         int copied = 0;
         for (int pass = 0, before = 0; pass < max_free_passes; ++pass) {
-            if (sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &frames,
-                                          &copied) != SQLITE_OK) {
-                return false;  // e.g. the writer's own checkpoint holds the lock: it does the work
+            const int rc = sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                                     &frames, &copied);
+            if (rc != SQLITE_OK) {
+                // Busy: the writer's own checkpoint holds the lock, and it does the work.
+                failures.check("copy", db.get(), rc);
+                return false;
             }
             const bool little_new = copied - before < catch_up_frames;
             before = copied;
@@ -105,10 +171,11 @@ struct WalCheckpointer::Impl {
         // SQLite syncs the file after a pass only when no commit came in meanwhile, which under
         // load is rare: sync here either way, so that the last step, the writer's, syncs only
         // what it copies itself.
-        if (database_fd >= 0) ::fdatasync(database_fd);
+        if (database_fd < 0 || failures.check_sync(::fdatasync(database_fd))) failures.succeeded();
         return true;
     }
 
+    CheckpointFailures failures;
     std::atomic<bool> last_step_due{false};
     std::unique_ptr<sqlite3, DbClose> db;
     int database_fd = -1;
@@ -121,16 +188,20 @@ struct WalCheckpointer::Impl {
     std::thread thread;
 };
 
-WalCheckpointer::WalCheckpointer(const std::string& path) : impl_(std::make_unique<Impl>(path)) {}
+WalCheckpointer::WalCheckpointer(const std::string& path, const char* vfs)
+    : impl_(std::make_unique<Impl>(path, vfs)) {}
 
 WalCheckpointer::~WalCheckpointer() = default;
 
 int WalCheckpointer::wal_hook(void* checkpointer, sqlite3* db, const char* name, int frames) {
+    auto* self = static_cast<WalCheckpointer*>(checkpointer);  // null: no thread, the writer alone
     if (frames >= writer_frames) {
         // Like SQLite's own hook; busy (this thread is checkpointing) is fine.
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-    } else if (frames >= request_frames) {
-        static_cast<WalCheckpointer*>(checkpointer)->request();
+        const int rc =
+            sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        if (self != nullptr) self->impl_->failures.check("writer", db, rc);
+    } else if (frames >= request_frames && self != nullptr) {
+        self->request();
     }
     return SQLITE_OK;
 }
@@ -152,7 +223,9 @@ void WalCheckpointer::before_transaction(sqlite3* writer) {
     // Copies what was committed since this thread's last pass and syncs the database file (the
     // connection's synchronous setting, FULL or NORMAL, syncs it at checkpoints). A checkpoint
     // still running elsewhere makes this one busy, which is fine: the next transaction appends.
-    sqlite3_wal_checkpoint_v2(writer, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    impl_->failures.check(
+        "last step", writer,
+        sqlite3_wal_checkpoint_v2(writer, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr));
     impl_->last_step_due.store(false, std::memory_order_release);
 }
 

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <atomic>
 #include <filesystem>
 #include <string>
 
+#include "sigsci/log.hpp"
 #include "sigsci/sqlite_wal_buffer.hpp"
 #include "sqlite_test_db.hpp"
 #include "test_support.hpp"
@@ -36,6 +38,41 @@ std::string fifty_rows(int first) {
     return "WITH RECURSIVE n(i) AS (SELECT " + std::to_string(first) +
            " UNION ALL SELECT i + 1 FROM n WHERE i < " + std::to_string(first + 49) +
            ") INSERT INTO t (k, v) SELECT i, printf('%.3000c', 'x') FROM n";
+}
+
+// The default VFS, but writes to a main database file fail (as a full or failing disk would
+// fail them) while `fail_database_writes` is set. Other files, the WAL among them, work.
+std::atomic<bool> fail_database_writes{false};
+const sqlite3_io_methods* real_methods = nullptr;
+sqlite3_io_methods failing_methods{};
+sqlite3_vfs failing_vfs{};
+
+int failing_write(sqlite3_file* f, const void* data, int n, sqlite3_int64 offset) {
+    if (fail_database_writes.load()) return SQLITE_IOERR_WRITE;
+    return real_methods->xWrite(f, data, n, offset);
+}
+
+int failing_open(sqlite3_vfs*, const char* name, sqlite3_file* file, int flags, int* out_flags) {
+    sqlite3_vfs* real = sqlite3_vfs_find(nullptr);
+    const int rc = real->xOpen(real, name, file, flags, out_flags);
+    if (rc == SQLITE_OK && (flags & SQLITE_OPEN_MAIN_DB) != 0 && file->pMethods != nullptr) {
+        real_methods = file->pMethods;  // the same table for every file of the default VFS
+        failing_methods = *real_methods;
+        failing_methods.xWrite = failing_write;
+        file->pMethods = &failing_methods;
+    }
+    return rc;
+}
+
+const char* failing_database_vfs() {
+    if (failing_vfs.zName == nullptr) {
+        failing_vfs = *sqlite3_vfs_find(nullptr);  // its other methods, and their app data
+        failing_vfs.zName = "test-failing-database-writes";
+        failing_vfs.pNext = nullptr;
+        failing_vfs.xOpen = failing_open;
+        sqlite3_vfs_register(&failing_vfs, 0);
+    }
+    return failing_vfs.zName;
 }
 
 void make_table(const std::filesystem::path& path) {
@@ -82,6 +119,61 @@ TEST(WalCheckpointer, CopiesTheWalSoThatTheWritersNextTransactionStartsItAgain) 
     ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
     EXPECT_LT(wal.frames, 10);
     EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 2));
+    EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");
+}
+
+// A checkpoint that fails is logged when the failures start, not at every round, and again
+// when checkpoints succeed; the WAL then starts again as usual.
+TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
+    auto logs = std::make_shared<test::MemorySink>();
+    log::configure(log::Format::json, log::Level::info, logs);
+    test::TempDir dir;
+    const auto path = dir / "db";
+    make_table(path);
+    Db writer(path, wal_buffer_vfs());
+    WalCheckpointer checkpointer(path.string(), failing_database_vfs());
+    WalLength wal{&checkpointer};
+    sqlite3_wal_hook(writer.db, &WalLength::hook, &wal);
+    const auto commit = [&](int first) {
+        checkpointer.before_transaction(writer.db);
+        ASSERT_TRUE(writer.exec(fifty_rows(first))) << writer.error;
+        checkpointer.wait_idle();
+    };
+
+    fail_database_writes = true;
+    int rows = 0;
+    while (wal.frames < WalCheckpointer::request_frames) {
+        commit(rows);  // the one that reaches request_frames asks for a round, which fails
+        rows += 50;
+        ASSERT_LT(rows, 10000);
+    }
+    commit(rows);  // and another, which fails too
+    rows += 50;
+    fail_database_writes = false;
+    commit(rows);  // this round copies the WAL
+    rows += 50;
+    checkpointer.before_transaction(writer.db);  // the last step
+    ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
+    EXPECT_LT(wal.frames, 10) << "the WAL did not start again after the failures";
+
+    int failed_lines = 0;
+    Json recovered;
+    for (const auto& line : logs->lines()) {
+        auto record = Json::parse(line);
+        if (record["msg"] == "spool checkpoint failed") {
+            ++failed_lines;
+            EXPECT_EQ(record["level"], "error");
+            EXPECT_EQ(record["step"], "copy");
+            EXPECT_NE(record["error"].get<std::string>().find("disk I/O error"), std::string::npos)
+                << record["error"];
+        }
+        if (record["msg"] == "spool checkpoints succeed again") recovered = record;
+    }
+    EXPECT_EQ(failed_lines, 1);
+    EXPECT_EQ(recovered["failed"], 2);
+    log::configure(log::Format::json, log::Level::info);
+    Db reader(path);
+    EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 1));
     EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");
 }
 

@@ -18,8 +18,11 @@ class WalCheckpointer {
     static constexpr int request_frames = 1000;
     static constexpr int writer_frames = 4 * request_frames;
 
-    // Opens its own connection to `path` (through wal_buffer_vfs()); throws SpoolError.
-    explicit WalCheckpointer(const std::string& path);
+    // Opens its own connection to `path` through `vfs` (null: wal_buffer_vfs()); throws
+    // SpoolError. A checkpoint that fails (not merely busy), on either thread, is logged as
+    // `spool checkpoint failed` when the failures start, and `spool checkpoints succeed again`
+    // when they end.
+    explicit WalCheckpointer(const std::string& path, const char* vfs = nullptr);
     ~WalCheckpointer();  // finishes a checkpoint under way, then stops
     WalCheckpointer(const WalCheckpointer&) = delete;
     WalCheckpointer& operator=(const WalCheckpointer&) = delete;
