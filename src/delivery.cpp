@@ -21,7 +21,12 @@ struct DeliveryPool::Impl {
     explicit Impl(unsigned threads)
         : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {
         for (unsigned i = 0; i < thread_count; ++i) {
-            name_thread(workers.emplace_back([this] { pool.run(); }), "sigsci-deliver");
+            // Deliveries come after the answer: they yield the core to the request path.
+            auto& worker = workers.emplace_back([this] {
+                run_as_background();
+                pool.run();
+            });
+            name_thread(worker, "sigsci-deliver");
         }
     }
     const unsigned thread_count;

@@ -136,6 +136,7 @@ struct WalCheckpointer::Impl {
     void run() {
         // Below the threads that answer requests: the copying can wait, the answers should not.
         ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+        run_as_background();
         std::unique_lock lock(mutex);
         for (;;) {
             wake.wait(lock, [&] { return stopping || requested; });

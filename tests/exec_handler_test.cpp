@@ -11,8 +11,10 @@
 
 #include <future>
 #include <set>
+#include <thread>
 
 #include "sigsci/config.hpp"
+#include "sigsci/threads.hpp"
 #include "test_support.hpp"
 
 namespace sigsci {
@@ -101,6 +103,20 @@ TEST_F(ExecTest, StdinCarriesTheRawEnvelopeThenEof) {
     EXPECT_EQ(test::read_file(out),
               test::sample("flag"));  // byte for byte, pretty-printing and all
     EXPECT_EQ(o.details["exit_code"], 0);
+}
+
+// Deliveries run on background threads (SCHED_BATCH, threads.hpp), whose children would
+// inherit that policy: the command is started by the handler's reactor thread instead, and
+// runs with the usual one. /proc/PID/stat's 41st field is the policy (0: SCHED_OTHER).
+TEST_F(ExecTest, TheCommandRunsWithTheUsualSchedulingWhenDeliveredFromABackgroundThread) {
+    const auto h = handler(sh("cut -d' ' -f41 /proc/$$/stat"));
+    DeliveryOutcome o;
+    std::thread([&] {
+        ASSERT_TRUE(run_as_background());
+        o = run(h);
+    }).join();
+    ASSERT_TRUE(o.ok) << o.error;
+    EXPECT_EQ(o.details["stdout"], "0\n");
 }
 
 TEST_F(ExecTest, EnvironmentIsCleanPlusTheEventAndTheHandlersEnv) {

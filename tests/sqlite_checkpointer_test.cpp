@@ -4,10 +4,14 @@
 #include "sigsci/sqlite_checkpointer.hpp"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sqlite3.h>
+
+#include <sys/resource.h>
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "sigsci/log.hpp"
@@ -175,6 +179,29 @@ TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
     Db reader(path);
     EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 1));
     EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");
+}
+
+// The copying is background work: nice 10, and SCHED_BATCH so that it does not take the core
+// from the writer or the I/O thread when it wakes.
+TEST(WalCheckpointer, RunsAsBackgroundWork) {
+    test::TempDir dir;
+    const auto path = dir / "db";
+    make_table(path);
+    WalCheckpointer checkpointer(path.string());
+    checkpointer.request();
+    checkpointer.wait_idle();  // its thread has run the round, so it has set itself up
+    int found = 0;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        if (name != "spool-checkpt") continue;
+        ++found;
+        const auto tid = static_cast<pid_t>(std::stol(task.path().filename().string()));
+        EXPECT_EQ(::sched_getscheduler(tid), SCHED_BATCH);
+        EXPECT_EQ(::getpriority(PRIO_PROCESS, static_cast<id_t>(tid)), 10);
+    }
+    EXPECT_EQ(found, 1);
 }
 
 TEST(WalCheckpointer, TheWriterCheckpointsByItselfAtWriterFrames) {

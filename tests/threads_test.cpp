@@ -1,15 +1,21 @@
-// Thread names: what `top -H` and `ps -L` show an operator (docs/architecture.md).
+// Thread names: what `top -H` and `ps -L` show an operator (docs/architecture.md); and which
+// threads are background work for the scheduler.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <latch>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "sigsci/daemon.hpp"
+#include "sigsci/delivery.hpp"
+#include "sigsci/envelope.hpp"
 #include "sigsci/threads.hpp"
 #include "test_support.hpp"
 
@@ -76,6 +82,50 @@ TEST(ThreadNames, EachOfTheDaemonsThreadsSaysWhatItDoes) {
               (std::multiset<std::string>{"sigsci-io-0", "sigsci-io-1", "sigsci-io-2",
                                           "sigsci-deliver", "sigsci-deliver", "sigsci-deliver",
                                           "spool-writer", "spool-poller", "spool-checkpt"}));
+}
+
+// Records, for each delivery, the scheduling policy of the thread running it; each delivery
+// waits until `together` deliveries run at once.
+class PolicyRecorder final : public Handler {
+  public:
+    explicit PolicyRecorder(std::ptrdiff_t together) : Handler("policy"), latch_(together) {}
+
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        latch_.arrive_and_wait();
+        {
+            std::lock_guard lock(mutex_);
+            policies_.push_back(::sched_getscheduler(0));
+        }
+        done({});
+    }
+
+    std::mutex mutex_;
+    std::vector<int> policies_;
+
+  private:
+    std::latch latch_;
+};
+
+TEST(ThreadScheduling, DeliveriesRunAsBackgroundWork) {
+    DeliveryPool pool(2);
+    // Two deliveries that wait for each other: each of the pool's two threads runs one.
+    auto recorder = std::make_shared<PolicyRecorder>(2);
+    const auto body = test::sample("flag");
+    const auto event =
+        make_event("/hook", body, parse_envelope(body).value(), std::chrono::system_clock::now());
+    for (int i = 0; i < 2; ++i) pool.run(event, recorder, [](DeliveryOutcome, double) {});
+    pool.stop();
+    EXPECT_EQ(recorder->policies_, (std::vector<int>{SCHED_BATCH, SCHED_BATCH}));
+}
+
+TEST(ThreadScheduling, RunAsBackgroundChangesOnlyTheCallingThread) {
+    int inside = -1;
+    std::thread([&] {
+        ASSERT_TRUE(run_as_background());
+        inside = ::sched_getscheduler(0);
+    }).join();
+    EXPECT_EQ(inside, SCHED_BATCH);
+    EXPECT_EQ(::sched_getscheduler(0), SCHED_OTHER);
 }
 
 }  // namespace
