@@ -58,6 +58,7 @@ class CheckpointFailures {
   public:
     void failed(std::string_view step, std::string error) {
         std::lock_guard lock(mutex_);
+        failing_.store(true, std::memory_order_relaxed);
         ++count_;
         if (error == last_error_) return;
         log::error("spool checkpoint failed", {{"step", step}, {"error", error}});
@@ -67,7 +68,7 @@ class CheckpointFailures {
     void succeeded() {
         if (!failing_.load(std::memory_order_relaxed)) return;
         std::lock_guard lock(mutex_);
-        if (count_ == 0) return;
+        if (count_ == 0) return;  // the other thread's success came first
         log::info("spool checkpoints succeed again", {{"failed", count_}});
         count_ = 0;
         last_error_.clear();
@@ -80,7 +81,6 @@ class CheckpointFailures {
             if (rc == SQLITE_OK) succeeded();
             return;
         }
-        failing_.store(true, std::memory_order_relaxed);
         std::string error = sqlite3_errmsg(db);
         if (const int e = sqlite3_system_errno(db); e != 0)
             error += std::string(": ") + std::strerror(e);
@@ -90,7 +90,6 @@ class CheckpointFailures {
     // Checks fdatasync's result; true when it succeeded.
     bool check_sync(int result) {
         if (result == 0) return true;
-        failing_.store(true, std::memory_order_relaxed);
         failed("sync", std::strerror(errno));
         return false;
     }
