@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs the .deb on a clean Debian 12 booted by systemd-nspawn (systemd as PID 1 in the
 # container) and checks the packaged service end to end: it starts (READY), takes a signed
-# event on 127.0.0.1:8080 and archives it, serves /metrics, reloads, passes
+# event on 127.0.0.1:8080 and archives it, its background threads run as such (the unit lets
+# them lower themselves), serves /metrics, reloads, passes
 # `systemd-analyze verify`, reports its security exposure, and stops.
 # Needs root and Debian's package mirror (debootstrap, apt inside the container). Not part of
 # the test suite; docs/operations.md and the issue notes quote its output.
@@ -47,6 +48,14 @@ inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/sigsci-web
 echo "== service"
 inside systemctl is-active sigsci-webhookd.service
 inside systemctl show -p Type -p NotifyAccess -p StatusText -p WatchdogUSec sigsci-webhookd.service
+
+echo "== threads: scheduling policy (0 normal, 3 SCHED_BATCH) and nice, as the unit lets them be set"
+inside sh -c 'for t in /proc/$(pidof sigsci-webhookd)/task/*; do
+    s=$(cat "$t/stat"); set -- ${s##*) }; echo "$(cat "$t/comm") policy=${39} nice=${17}"; done' |
+    sort | tee "$run.threads"
+grep -q '^sigsci-deliver policy=3 nice=0$' "$run.threads"
+grep -q '^spool-checkpt policy=3 nice=10$' "$run.threads"
+grep -q '^spool-writer policy=0 nice=0$' "$run.threads"
 
 echo "== signed POST"
 sig=$(inside sigsci-webhookd sign --key-file /etc/sigsci-webhookd/prod.key /usr/share/doc/sigsci-webhookd/example-flag.json)
