@@ -11,7 +11,6 @@
 
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "sigsci/log.hpp"
@@ -191,15 +190,11 @@ TEST(WalCheckpointer, RunsAsBackgroundWork) {
     checkpointer.request();
     checkpointer.wait_idle();  // its thread has run the round, so it has set itself up
     int found = 0;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream comm(task.path() / "comm");
-        std::string name;
-        std::getline(comm, name);
-        if (name != "spool-checkpt") continue;
+    for (const auto& t : test::threads()) {
+        if (t.name != "spool-checkpt") continue;
         ++found;
-        const auto tid = static_cast<pid_t>(std::stol(task.path().filename().string()));
-        EXPECT_EQ(::sched_getscheduler(tid), SCHED_BATCH);
-        EXPECT_EQ(::getpriority(PRIO_PROCESS, static_cast<id_t>(tid)), 10);
+        EXPECT_EQ(::sched_getscheduler(t.id), SCHED_BATCH);
+        EXPECT_EQ(::getpriority(PRIO_PROCESS, static_cast<id_t>(t.id)), 10);
     }
     EXPECT_EQ(found, 1);
 }

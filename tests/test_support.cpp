@@ -59,6 +59,17 @@ std::string numbered(const std::string& body, int n) {
            body.substr(brace + 1);
 }
 
+std::vector<ThreadInfo> threads() {
+    std::vector<ThreadInfo> out;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        out.push_back({std::stoi(task.path().filename().string()), std::move(name)});
+    }
+    return out;
+}
+
 TempDir::TempDir() {
     std::random_device rd;
     path_ = std::filesystem::temp_directory_path() /

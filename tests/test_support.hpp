@@ -26,6 +26,13 @@ std::vector<std::string> sample_types();      // every sample, sorted
 // `body` (a JSON object) with "test_seq": n added first, so repeated sends are not duplicates.
 std::string numbered(const std::string& body, int n);
 
+// This process's threads, each as its id and its name (/proc/self/task/TID/comm).
+struct ThreadInfo {
+    int id;
+    std::string name;
+};
+std::vector<ThreadInfo> threads();
+
 class TempDir {
   public:
     TempDir();

@@ -3,8 +3,6 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 
-#include <filesystem>
-#include <fstream>
 #include <future>
 #include <latch>
 #include <mutex>
@@ -22,19 +20,10 @@
 namespace sigsci {
 namespace {
 
-std::string comm_of(const std::filesystem::path& task) {
-    std::ifstream in(task / "comm");
-    std::string name;
-    std::getline(in, name);
-    return name;
-}
-
 // The names of this process's threads, one entry per thread.
 std::multiset<std::string> thread_names() {
     std::multiset<std::string> names;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-        names.insert(comm_of(task.path()));
-    }
+    for (auto& t : test::threads()) names.insert(std::move(t.name));
     return names;
 }
 
@@ -93,14 +82,14 @@ class PolicyRecorder final : public Handler {
     void deliver(const EventPtr&, DeliveryDone done) override {
         latch_.arrive_and_wait();
         {
-            std::lock_guard lock(mutex_);
-            policies_.push_back(::sched_getscheduler(0));
+            std::lock_guard lock(mutex);
+            policies.push_back(::sched_getscheduler(0));
         }
         done({});
     }
 
-    std::mutex mutex_;
-    std::vector<int> policies_;
+    std::mutex mutex;
+    std::vector<int> policies;
 
   private:
     std::latch latch_;
@@ -115,7 +104,7 @@ TEST(ThreadScheduling, DeliveriesRunAsBackgroundWork) {
         make_event("/hook", body, parse_envelope(body).value(), std::chrono::system_clock::now());
     for (int i = 0; i < 2; ++i) pool.run(event, recorder, [](DeliveryOutcome, double) {});
     pool.stop();
-    EXPECT_EQ(recorder->policies_, (std::vector<int>{SCHED_BATCH, SCHED_BATCH}));
+    EXPECT_EQ(recorder->policies, (std::vector<int>{SCHED_BATCH, SCHED_BATCH}));
 }
 
 TEST(ThreadScheduling, RunAsBackgroundChangesOnlyTheCallingThread) {
