@@ -273,6 +273,9 @@ std::string Metrics::render(const SinkStats& sink) const {
     sample(out, "spool_backlog", {}, std::to_string(sink.backlog));
     header(out, "spool_dead", "gauge", "Dead-lettered deliveries waiting for an operator.");
     sample(out, "spool_dead", {}, std::to_string(sink.dead));
+    header(out, "spool_checkpoint_failures_total", "counter",
+           "WAL checkpoints that failed (the disk or the file); the WAL grows until one succeeds.");
+    sample(out, "spool_checkpoint_failures_total", {}, std::to_string(sink.checkpoint_failures));
     header(out, "reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
     sample(out, "reloads_total", {{"result", "ok"}}, std::to_string(impl_->reloads_ok.load()));
     sample(out, "reloads_total", {{"result", "failed"}},

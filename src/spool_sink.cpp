@@ -145,7 +145,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
-    std::unique_ptr<Spool> writer_db;  // used only by the writer thread
+    // The writer thread's; stats() also reads its checkpoint_failures().
+    std::unique_ptr<Spool> writer_db;
     std::unique_ptr<Spool> reader_db;  // used only by the poller thread
     DeliveryPool pool;
     std::uint64_t max_pending_events;
@@ -756,7 +757,8 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
 
 SinkStats SpoolSink::stats() const {
     std::lock_guard lock(impl_->mutex);
-    return {impl_->backlog_rows.load() + impl_->running_from_memory, impl_->dead.load()};
+    return {impl_->backlog_rows.load() + impl_->running_from_memory, impl_->dead.load(),
+            impl_->writer_db->checkpoint_failures()};
 }
 
 }  // namespace sigsci

@@ -57,6 +57,7 @@ bool checkpoint_failed(int rc) {
 class CheckpointFailures {
   public:
     void failed(std::string_view step, std::string error) {
+        total_.fetch_add(1, std::memory_order_relaxed);
         std::lock_guard lock(mutex_);
         failing_.store(true, std::memory_order_relaxed);
         ++count_;
@@ -87,6 +88,8 @@ class CheckpointFailures {
         failed(step, std::move(error));
     }
 
+    std::uint64_t total() const { return total_.load(std::memory_order_relaxed); }
+
     // Checks fdatasync's result; true when it succeeded.
     bool check_sync(int result) {
         if (result == 0) return true;
@@ -95,7 +98,8 @@ class CheckpointFailures {
     }
 
   private:
-    std::atomic<bool> failing_{false};  // so that success costs one load while all is well
+    std::atomic<bool> failing_{false};     // so that success costs one load while all is well
+    std::atomic<std::uint64_t> total_{0};  // every failure, for /metrics
     std::mutex mutex_;
     std::uint64_t count_ = 0;
     std::string last_error_;
@@ -204,6 +208,10 @@ int WalCheckpointer::wal_hook(void* checkpointer, sqlite3* db, const char* name,
         self->request();
     }
     return SQLITE_OK;
+}
+
+std::uint64_t WalCheckpointer::failures() const {
+    return impl_->failures.total();
 }
 
 void WalCheckpointer::request() {

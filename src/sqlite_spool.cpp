@@ -377,6 +377,10 @@ class SqliteSpool final : public Spool {
         return static_cast<std::size_t>(sqlite3_changes(db_.get()));
     }
 
+    std::uint64_t checkpoint_failures() const override {
+        return checkpointer_ ? checkpointer_->failures() : 0;
+    }
+
     std::size_t purge(std::int64_t before_ms) override {
         auto& s = stmt("DELETE FROM events WHERE received_ms < ?");
         bind(s, 1, before_ms);

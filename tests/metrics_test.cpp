@@ -100,7 +100,7 @@ TEST(Metrics, CountsRequestsEventsFailuresAndGauges) {
     m.connection_opened();
     m.connection_opened();
     m.connection_closed();
-    const auto s = parse_exposition(m.render({7, 2}));
+    const auto s = parse_exposition(m.render({7, 2, 3}));
     EXPECT_EQ(s.at(R"(sigsci_webhookd_requests_total{endpoint="/sigsci/prod",status="200"})"), 2);
     EXPECT_EQ(s.at(R"(sigsci_webhookd_requests_total{endpoint="/sigsci/prod",status="401"})"), 1);
     EXPECT_EQ(s.at(R"(sigsci_webhookd_requests_total{endpoint="none",status="404"})"), 1);
@@ -115,6 +115,7 @@ TEST(Metrics, CountsRequestsEventsFailuresAndGauges) {
     EXPECT_EQ(s.at("sigsci_webhookd_open_connections"), 1);
     EXPECT_EQ(s.at("sigsci_webhookd_spool_backlog"), 7);
     EXPECT_EQ(s.at("sigsci_webhookd_spool_dead"), 2);
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_checkpoint_failures_total"), 3);
     EXPECT_EQ(m.requests(), 4u);
 }
 
@@ -263,6 +264,7 @@ TEST_F(AdminListenerTest, MetricsCountWhatTheWebhookListenerDid) {
     EXPECT_EQ(s.at(R"(sigsci_webhookd_spool_commit_duration_seconds_bucket{le="+Inf"})"), 1);
     EXPECT_GT(s.at("sigsci_webhookd_spool_commit_duration_seconds_sum"), 0);
     EXPECT_EQ(s.at("sigsci_webhookd_spool_committed_events_total"), 1);
+    EXPECT_EQ(s.at("sigsci_webhookd_spool_checkpoint_failures_total"), 0);  // from the spool
 }
 
 TEST_F(AdminListenerTest, AdminServesOnlyMetricsAndHealthz) {

@@ -127,9 +127,19 @@ TEST(WalCheckpointer, CopiesTheWalSoThatTheWritersNextTransactionStartsItAgain) 
 
 // A checkpoint that fails is logged when the failures start, not at every round, and again
 // when checkpoints succeed; the WAL then starts again as usual.
+// Logs to `sink` until the end of the scope, however the test leaves it.
+struct LogTo {
+    explicit LogTo(std::shared_ptr<test::MemorySink> sink) {
+        log::configure(log::Format::json, log::Level::info, std::move(sink));
+    }
+    ~LogTo() { log::configure(log::Format::json, log::Level::info); }
+    LogTo(const LogTo&) = delete;
+    LogTo& operator=(const LogTo&) = delete;
+};
+
 TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
     auto logs = std::make_shared<test::MemorySink>();
-    log::configure(log::Format::json, log::Level::info, logs);
+    const LogTo log_to(logs);
     test::TempDir dir;
     const auto path = dir / "db";
     make_table(path);
@@ -152,12 +162,14 @@ TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
     }
     commit(rows);  // and another, which fails too
     rows += 50;
+    EXPECT_EQ(checkpointer.failures(), 2u);
     fail_database_writes = false;
     commit(rows);  // this round copies the WAL
     rows += 50;
     checkpointer.before_transaction(writer.db);  // the last step
     ASSERT_TRUE(writer.exec("INSERT INTO t (k, v) VALUES (-1, 'after')")) << writer.error;
     EXPECT_LT(wal.frames, 10) << "the WAL did not start again after the failures";
+    EXPECT_EQ(checkpointer.failures(), 2u) << "a count of failures so far, for /metrics";
 
     int failed_lines = 0;
     Json recovered;
@@ -174,7 +186,6 @@ TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
     }
     EXPECT_EQ(failed_lines, 1);
     EXPECT_EQ(recovered["failed"], 2);
-    log::configure(log::Format::json, log::Level::info);
     Db reader(path);
     EXPECT_EQ(reader.text("SELECT COUNT(*) FROM t"), std::to_string(rows + 1));
     EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");

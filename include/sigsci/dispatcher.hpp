@@ -26,8 +26,9 @@ struct SubmitResult {
 using SubmitDone = std::function<void(SubmitResult)>;
 
 struct SinkStats {
-    std::uint64_t backlog = 0;  // deliveries not yet done
-    std::uint64_t dead = 0;     // dead-lettered deliveries
+    std::uint64_t backlog = 0;              // deliveries not yet done
+    std::uint64_t dead = 0;                 // dead-lettered deliveries
+    std::uint64_t checkpoint_failures = 0;  // the spool's failed WAL checkpoints so far
 };
 
 class EventSink {

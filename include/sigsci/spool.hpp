@@ -160,6 +160,9 @@ class Spool {
     virtual std::size_t retry_dead(const std::string& event_id, std::int64_t now_ms) = 0;
     // Deletes every event received before `before_ms`, whatever its state. Returns how many.
     virtual std::size_t purge(std::int64_t before_ms) = 0;
+    // With background_checkpoints: how many checkpoints have failed (not merely been busy) since
+    // the connection opened. Unlike the rest, callable from any thread.
+    virtual std::uint64_t checkpoint_failures() const = 0;
 };
 
 // Opens (creating if needed) the SQLite spool; throws SpoolError naming the path.

@@ -40,6 +40,9 @@ class WalCheckpointer {
 
     void wait_idle();  // until none is asked for or under way
 
+    // Checkpoints that failed so far, on either thread; from any thread.
+    std::uint64_t failures() const;
+
   private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
