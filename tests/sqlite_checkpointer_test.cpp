@@ -125,8 +125,6 @@ TEST(WalCheckpointer, CopiesTheWalSoThatTheWritersNextTransactionStartsItAgain) 
     EXPECT_EQ(reader.text("PRAGMA integrity_check"), "ok");
 }
 
-// A checkpoint that fails is logged when the failures start, not at every round, and again
-// when checkpoints succeed; the WAL then starts again as usual.
 // Logs to `sink` until the end of the scope, however the test leaves it.
 struct LogTo {
     explicit LogTo(std::shared_ptr<test::MemorySink> sink) {
@@ -137,6 +135,8 @@ struct LogTo {
     LogTo& operator=(const LogTo&) = delete;
 };
 
+// A checkpoint that fails is logged when the failures start, not at every round, and again
+// when checkpoints succeed; the WAL then starts again as usual. Each failure is counted too.
 TEST(WalCheckpointer, FailuresAreLoggedWhenTheyStartAndWhenTheyEnd) {
     auto logs = std::make_shared<test::MemorySink>();
     const LogTo log_to(logs);
