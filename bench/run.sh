@@ -10,6 +10,9 @@
 #   sigsci-webhookd  verify, validate, store in the spool (group commit, fsync), answer, deliver
 #                    to a `file` handler
 #   sigsci-forged    sigsci-webhookd answering 401 to bodies with wrong signatures
+#   sigsci-nospool   (WITH_SPOOL_OFF=1) sigsci-webhookd with the spool disabled: events held in
+#                    memory until delivered, not durable; what the request path costs without
+#                    the store
 #
 # After each sigsci-webhookd run its /metrics (admin port 18091) gives the spool's group commits:
 # how many, events per commit, and the buckets of the median and 99th-percentile commit time
@@ -26,7 +29,8 @@
 #
 # Usage: bench/run.sh [SECONDS_PER_RUN]   (default 5; installs tools with sudo when not root)
 # Environment: SIGSCI_BIN (default: the release build, built here), CONNECTIONS ("1 8 64"),
-#              SKIP_SCALING=1 (only the peers table), BODIES (5000).
+#              SKIP_SCALING=1 (only the peers table), BODIES (5000), WITH_SPOOL_OFF=1 (the
+#              sigsci-nospool row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-5}
@@ -143,13 +147,17 @@ start_sigsci() {
  "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
                 "routes": [{"types": ["*"], "handlers": ["archive"]}]}],
  "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
- "spool": {"path": "spool.db", "duplicate_window_s": 0}}
+ "spool": {"enabled": ${spool_enabled:-true}, "path": "spool.db", "duplicate_window_s": 0}}
 JSON
     taskset -c 0 "$bin" --config "$work/sigsci.json" > "$work/sigsci.log" 2>&1 &
     server_pid=$!
     wait_for "http://127.0.0.1:$port/healthz"
     measured_pid=$server_pid
     url="http://127.0.0.1:$port/hook"
+}
+
+start_sigsci_nospool() {
+    spool_enabled=false start_sigsci
 }
 
 # ---- one measurement -----------------------------------------------------------------------------
@@ -224,12 +232,14 @@ for c in $connections; do
     measure nginx-204 start_nginx "$work/bodies.txt" "$c" none
     measure webhook start_webhook "$work/bodies.txt" "$c" raw
     measure sigsci-webhookd start_sigsci "$work/bodies.txt" "$c" sigsci
+    [ -z "${WITH_SPOOL_OFF:-}" ] || measure sigsci-nospool start_sigsci_nospool "$work/bodies.txt" "$c" sigsci
     measure sigsci-forged start_sigsci "$work/forged.txt" "$c" forged
 done
-print_table "Peers (server on CPU 0, wrk on CPU 1):" nginx-204 webhook sigsci-webhookd sigsci-forged
+print_table "Peers (server on CPU 0, wrk on CPU 1):" nginx-204 webhook sigsci-webhookd sigsci-nospool sigsci-forged
 echo
 for c in $connections; do
     echo "c=$c: sigsci-webhookd/nginx $(ratio sigsci-webhookd nginx-204 "$c"), sigsci-webhookd/webhook $(ratio sigsci-webhookd webhook "$c"), forged/nginx $(ratio sigsci-forged nginx-204 "$c")"
+    [ -z "${WITH_SPOOL_OFF:-}" ] || echo "c=$c: sigsci-nospool/nginx $(ratio sigsci-nospool nginx-204 "$c"), sigsci-nospool/webhook $(ratio sigsci-nospool webhook "$c"), sigsci-webhookd/sigsci-nospool $(ratio sigsci-webhookd sigsci-nospool "$c")"
 done
 
 if [ -z "${SKIP_SCALING:-}" ]; then
