@@ -9,15 +9,22 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace sigsci {
 
 // An io_context run by threads of our own (not asio::thread_pool, whose threads cannot be named).
+// Each handler's jobs run one at a time, in the order given: a handler that hangs (a `file` on a
+// stuck mount) then holds one thread, and the others go on serving every other handler.
 struct DeliveryPool::Impl {
+    using Job = std::function<void()>;
+
     explicit Impl(unsigned threads)
         : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {
         for (unsigned i = 0; i < thread_count; ++i) {
@@ -35,6 +42,52 @@ struct DeliveryPool::Impl {
         pool.get_executor()};
     std::vector<std::thread> workers;
     std::once_flag stopped;
+
+    // Per handler with a job queued or running: the jobs waiting behind that one. The key stays
+    // valid while it is here, since each job holds its handler.
+    std::mutex mutex;
+    std::unordered_map<const Handler*, std::deque<Job>> busy;
+
+    void submit(const Handler* handler, Job job) {
+        {
+            std::lock_guard lock(mutex);
+            auto [it, idle] = busy.try_emplace(handler);
+            if (!idle) {
+                it->second.push_back(std::move(job));
+                return;
+            }
+        }
+        post(handler, std::move(job));
+    }
+
+    // The next job of a handler goes to the back of the pool's queue rather than running on
+    // this thread, so a busy handler cannot keep a thread from the others.
+    void post(const Handler* handler, Job job) {
+        boost::asio::post(pool, [this, handler, job = std::move(job)] {
+            try {
+                job();
+            } catch (...) {
+                next(handler);
+                throw;
+            }
+            next(handler);
+        });
+    }
+
+    void next(const Handler* handler) {
+        Job job;
+        {
+            std::lock_guard lock(mutex);
+            const auto it = busy.find(handler);
+            if (it->second.empty()) {
+                busy.erase(it);
+                return;
+            }
+            job = std::move(it->second.front());
+            it->second.pop_front();
+        }
+        post(handler, std::move(job));
+    }
 };
 
 DeliveryPool::DeliveryPool(unsigned threads) : impl_(std::make_unique<Impl>(threads)) {}
@@ -53,26 +106,27 @@ void DeliveryPool::run(EventPtr event, HandlerPtr handler,
 
 void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                              std::function<void(std::size_t, DeliveryOutcome, double)> done) {
-    boost::asio::post(impl_->pool, [events = std::move(events), handler = std::move(handler),
-                                    done = std::move(done)] {
-        const auto started = std::chrono::steady_clock::now();
-        // A handler may call back and then throw; only the first report of each event counts.
-        auto reported = std::make_shared<std::vector<std::atomic<bool>>>(events.size());
-        auto once = [reported, started, done](std::size_t i, DeliveryOutcome outcome) {
-            if ((*reported)[i].exchange(true)) return;
-            const double ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - started)
-                                  .count();
-            done(i, std::move(outcome), ms);
-        };
-        try {
-            handler->deliver_batch(events, once);
-        } catch (const std::exception& e) {
-            for (std::size_t i = 0; i < events.size(); ++i) {
-                once(i, {false, std::string("handler threw: ") + e.what()});
+    const Handler* key = handler.get();
+    impl_->submit(
+        key, [events = std::move(events), handler = std::move(handler), done = std::move(done)] {
+            const auto started = std::chrono::steady_clock::now();
+            // A handler may call back and then throw; only the first report of each event counts.
+            auto reported = std::make_shared<std::vector<std::atomic<bool>>>(events.size());
+            auto once = [reported, started, done](std::size_t i, DeliveryOutcome outcome) {
+                if ((*reported)[i].exchange(true)) return;
+                const double ms = std::chrono::duration<double, std::milli>(
+                                      std::chrono::steady_clock::now() - started)
+                                      .count();
+                done(i, std::move(outcome), ms);
+            };
+            try {
+                handler->deliver_batch(events, once);
+            } catch (const std::exception& e) {
+                for (std::size_t i = 0; i < events.size(); ++i) {
+                    once(i, {false, std::string("handler threw: ") + e.what()});
+                }
             }
-        }
-    });
+        });
 }
 
 void DeliveryPool::stop() {

@@ -73,38 +73,46 @@ TEST(ThreadNames, EachOfTheDaemonsThreadsSaysWhatItDoes) {
                                           "spool-writer", "spool-poller", "spool-checkpt"}));
 }
 
-// Records, for each delivery, the scheduling policy of the thread running it; each delivery
-// waits until `together` deliveries run at once.
+// The scheduling policy of the thread running each delivery, from several handlers; each
+// delivery waits until `together` deliveries run at once.
+struct PolicyLog {
+    explicit PolicyLog(std::ptrdiff_t together) : latch(together) {}
+    std::latch latch;
+    std::mutex mutex;
+    std::vector<int> policies;
+};
+
 class PolicyRecorder final : public Handler {
   public:
-    explicit PolicyRecorder(std::ptrdiff_t together) : Handler("policy"), latch_(together) {}
+    PolicyRecorder(std::string name, PolicyLog& log) : Handler(std::move(name)), log_(log) {}
 
     void deliver(const EventPtr&, DeliveryDone done) override {
-        latch_.arrive_and_wait();
+        log_.latch.arrive_and_wait();
         {
-            std::lock_guard lock(mutex);
-            policies.push_back(::sched_getscheduler(0));
+            std::lock_guard lock(log_.mutex);
+            log_.policies.push_back(::sched_getscheduler(0));
         }
         done({});
     }
 
-    std::mutex mutex;
-    std::vector<int> policies;
-
   private:
-    std::latch latch_;
+    PolicyLog& log_;
 };
 
 TEST(ThreadScheduling, DeliveriesRunAsBackgroundWork) {
     DeliveryPool pool(2);
-    // Two deliveries that wait for each other: each of the pool's two threads runs one.
-    auto recorder = std::make_shared<PolicyRecorder>(2);
+    // Two deliveries that wait for each other, to two handlers (one handler's deliveries run one
+    // at a time): each of the pool's two threads runs one.
+    PolicyLog log(2);
     const auto body = test::sample("flag");
     const auto event =
         make_event("/hook", body, parse_envelope(body).value(), std::chrono::system_clock::now());
-    for (int i = 0; i < 2; ++i) pool.run(event, recorder, [](DeliveryOutcome, double) {});
+    for (const char* name : {"policy-a", "policy-b"}) {
+        pool.run(event, std::make_shared<PolicyRecorder>(name, log),
+                 [](DeliveryOutcome, double) {});
+    }
     pool.stop();
-    EXPECT_EQ(recorder->policies, (std::vector<int>{SCHED_BATCH, SCHED_BATCH}));
+    EXPECT_EQ(log.policies, (std::vector<int>{SCHED_BATCH, SCHED_BATCH}));
 }
 
 TEST(ThreadScheduling, RunAsBackgroundChangesOnlyTheCallingThread) {

@@ -1,0 +1,120 @@
+// The delivery pool: each handler's deliveries start one at a time and in order, so a handler that
+// hangs holds one thread and the others keep delivering to every other handler.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sigsci/delivery.hpp"
+#include "sigsci/envelope.hpp"
+#include "test_support.hpp"
+
+namespace sigsci {
+namespace {
+
+EventPtr sample_event() {
+    const auto body = test::sample("flag");
+    return make_event("/hook", body, parse_envelope(body).value(),
+                      std::chrono::system_clock::now());
+}
+
+// Each delivery waits at `gate` (until it opens), and records its number and how many of this
+// handler's deliveries were running at once.
+class Gated final : public Handler {
+  public:
+    explicit Gated(std::shared_future<void> gate) : Handler("gated"), gate_(std::move(gate)) {}
+
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        const int now = ++running_;
+        int seen = most_at_once.load();
+        while (now > seen && !most_at_once.compare_exchange_weak(seen, now)) {
+        }
+        {
+            std::lock_guard lock(mutex);
+            started.push_back(next_++);
+        }
+        gate_.wait();
+        --running_;
+        done({});
+    }
+
+    std::atomic<int> most_at_once{0};
+    std::mutex mutex;
+    std::vector<int> started;
+
+  private:
+    std::shared_future<void> gate_;
+    std::atomic<int> running_{0};
+    int next_ = 0;  // under mutex
+};
+
+class Quick final : public Handler {
+  public:
+    Quick() : Handler("quick") {}
+    void deliver(const EventPtr&, DeliveryDone done) override { done({}); }
+};
+
+TEST(DeliveryPool, AHandlerThatHangsHoldsOneThreadAndTheOthersKeepDelivering) {
+    DeliveryPool pool(2);
+    std::promise<void> open;
+    auto gated = std::make_shared<Gated>(open.get_future().share());
+    const auto event = sample_event();
+    std::atomic<int> gated_done{0};
+    for (int i = 0; i < 3; ++i) {
+        pool.run(event, gated, [&](DeliveryOutcome outcome, double) {
+            if (outcome.ok) ++gated_done;
+        });
+    }
+    // Queued behind three deliveries to a handler that does not return: with the threads shared
+    // freely, the first two would hold both, and this one would wait for the gate.
+    std::promise<bool> quick;
+    pool.run(event, std::make_shared<Quick>(),
+             [&](DeliveryOutcome outcome, double) { quick.set_value(outcome.ok); });
+    auto delivered = quick.get_future();
+    const bool in_time = delivered.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+    open.set_value();
+    pool.stop();
+    ASSERT_TRUE(in_time) << "a hung handler kept another handler's delivery from running";
+    EXPECT_TRUE(delivered.get());
+    EXPECT_EQ(gated_done.load(), 3);
+    EXPECT_EQ(gated->most_at_once.load(), 1);
+    EXPECT_EQ(gated->started, (std::vector<int>{0, 1, 2}));
+}
+
+// Fails its first delivery by throwing, then succeeds.
+class ThrowsOnce final : public Handler {
+  public:
+    ThrowsOnce() : Handler("throws-once") {}
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        if (calls_++ == 0) throw std::runtime_error("first call");
+        done({});
+    }
+
+  private:
+    int calls_ = 0;  // one at a time: the pool runs this handler's deliveries in turn
+};
+
+TEST(DeliveryPool, AHandlersQueuedDeliveriesRunAfterOneThrowsAndBeforeStopReturns) {
+    DeliveryPool pool(2);
+    auto handler = std::make_shared<ThrowsOnce>();
+    const auto event = sample_event();
+    std::mutex mutex;
+    std::vector<std::string> outcomes;
+    for (int i = 0; i < 5; ++i) {
+        pool.run(event, handler, [&](DeliveryOutcome outcome, double) {
+            std::lock_guard lock(mutex);
+            outcomes.push_back(outcome.ok ? "ok" : outcome.error);
+        });
+    }
+    pool.stop();  // finishes what was queued
+    EXPECT_EQ(outcomes,
+              (std::vector<std::string>{"handler threw: first call", "ok", "ok", "ok", "ok"}));
+}
+
+}  // namespace
+}  // namespace sigsci
