@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -26,12 +27,18 @@ struct DeliveryPool::Impl {
     using Job = std::function<void()>;
 
     explicit Impl(unsigned threads)
-        : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {
-        for (unsigned i = 0; i < thread_count; ++i) {
+        : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {}
+
+    // Each thread holds the pool's state, so one left running by stop_within() keeps it alive.
+    static void start(const std::shared_ptr<Impl>& self) {
+        for (unsigned i = 0; i < self->thread_count; ++i) {
             // Deliveries come after the answer: they yield the core to the request path.
-            auto& worker = workers.emplace_back([this] {
+            auto& worker = self->workers.emplace_back([self, i] {
                 run_as_background();
-                pool.run();
+                self->pool.run();
+                std::lock_guard lock(self->mutex);
+                self->finished[i] = true;
+                self->changed.notify_all();
             });
             name_thread(worker, "sigsci-deliver");
         }
@@ -42,10 +49,23 @@ struct DeliveryPool::Impl {
         pool.get_executor()};
     std::vector<std::thread> workers;
     std::once_flag stopped;
+    bool stopped_in_time = true;
 
-    // Per handler with a job queued or running: the jobs waiting behind that one. The key stays
-    // valid while it is here, since each job holds its handler.
     std::mutex mutex;
+    std::condition_variable changed;  // a thread finished, or (once stopping) a job began or ended
+    std::vector<bool> finished = std::vector<bool>(thread_count, false);  // under mutex
+    unsigned executing = 0;                                               // under mutex
+    std::atomic<bool> stopping{false};
+    // Given up on (stop_within): the jobs not begun yet are dropped. Each holds what its
+    // callback needs, and running them would keep the pool's state alive for ever.
+    std::atomic<bool> dropping{false};
+
+    bool all_finished() const {  // under mutex
+        return std::all_of(finished.begin(), finished.end(), [](bool f) { return f; });
+    }
+
+    // Per handler with a job queued or running: the jobs waiting behind that one (under mutex).
+    // The key stays valid while it is here, since each job holds its handler.
     std::unordered_map<const Handler*, std::deque<Job>> busy;
 
     void submit(const Handler* handler, Job job) {
@@ -64,14 +84,27 @@ struct DeliveryPool::Impl {
     // this thread, so a busy handler cannot keep a thread from the others.
     void post(const Handler* handler, Job job) {
         boost::asio::post(pool, [this, handler, job = std::move(job)] {
+            if (dropping.load()) {
+                next(handler);
+                return;
+            }
+            begin_or_end(+1);
             try {
                 job();
             } catch (...) {
+                begin_or_end(-1);
                 next(handler);
                 throw;
             }
+            begin_or_end(-1);
             next(handler);
         });
+    }
+
+    void begin_or_end(int step) {
+        std::lock_guard lock(mutex);
+        executing += step;
+        if (stopping.load()) changed.notify_all();
     }
 
     void next(const Handler* handler) {
@@ -90,7 +123,9 @@ struct DeliveryPool::Impl {
     }
 };
 
-DeliveryPool::DeliveryPool(unsigned threads) : impl_(std::make_unique<Impl>(threads)) {}
+DeliveryPool::DeliveryPool(unsigned threads) : impl_(std::make_shared<Impl>(threads)) {
+    Impl::start(impl_);
+}
 
 DeliveryPool::~DeliveryPool() {
     stop();
@@ -130,11 +165,40 @@ void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
 }
 
 void DeliveryPool::stop() {
-    // Finish what is queued (the work guard alone kept the threads waiting), then join.
-    std::call_once(impl_->stopped, [this] {
-        impl_->work.reset();
-        for (auto& t : impl_->workers) t.join();
+    stop_within(std::chrono::milliseconds::max());
+}
+
+bool DeliveryPool::stop_within(std::chrono::milliseconds timeout) {
+    std::call_once(impl_->stopped, [&] {
+        auto& impl = *impl_;
+        impl.stopping = true;
+        // Finish what is queued: the work guard alone kept the threads waiting.
+        impl.work.reset();
+        std::unique_lock lock(impl.mutex);
+        const auto done = [&] { return impl.all_finished(); };
+        if (timeout == std::chrono::milliseconds::max()) {
+            impl.changed.wait(lock, done);
+        } else if (!impl.changed.wait_for(lock, timeout, done)) {
+            // Past the deadline, threads with nothing running still finish by themselves; a job
+            // that is running is given up on. It keeps every thread in run(), so the threads not
+            // finished are left to the process's exit (each holds the pool's state).
+            impl.changed.wait(lock, [&] { return done() || impl.executing > 0; });
+            if (!done()) {
+                impl.stopped_in_time = false;
+                impl.dropping = true;
+            }
+        }
+        for (unsigned i = 0; i < impl.thread_count; ++i) {
+            if (impl.finished[i]) {
+                lock.unlock();
+                impl.workers[i].join();
+                lock.lock();
+            } else {
+                impl.workers[i].detach();
+            }
+        }
     });
+    return impl_->stopped_in_time;
 }
 
 void log_delivery(const Event& event, const std::string& handler, int attempt,

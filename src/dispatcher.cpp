@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
 
 namespace sigsci {
@@ -89,8 +90,14 @@ void Dispatcher::stop(std::chrono::milliseconds timeout, const std::function<voi
         on_timeout();
         wait_idle(terminate_wait);
     }
-    // Without a spool, queued deliveries exist only here: finish them rather than lose them.
-    impl_->pool.stop();
+    // Without a spool, queued deliveries exist only here: finish them rather than lose them,
+    // unless one never returns (a hung handler).
+    if (!impl_->pool.stop_within(terminate_wait)) {
+        std::lock_guard lock(impl_->mutex);
+        // Without a spool, what was not done is gone.
+        log::error("a delivery never returned; stopping without it",
+                   {{"deliveries", impl_->deliveries}, {"lost", impl_->deliveries}});
+    }
 }
 
 }  // namespace sigsci

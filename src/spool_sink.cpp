@@ -165,6 +165,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::set<Claim> claims;
     std::size_t running_from_memory = 0;
     bool stopping = false;
+    // Stopped with a delivery that never returned (a hung handler): the writer commits what it
+    // has and ends without waiting for it.
+    bool abandoned = false;
     bool writer_waiting = false;  // wake it only then: a busy writer takes the queue anyway
     bool starved = false;         // the last poll filled every free slot: wake it when one frees
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
@@ -189,6 +192,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::thread poller;
 
     std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
+    bool done_running() const { return running() == 0 || abandoned; }            // under mutex
 
     // The receipt time from which a body counts as a duplicate.
     std::int64_t duplicates_since() const {
@@ -208,10 +212,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 std::unique_lock lock(mutex);
                 writer_waiting = true;
                 writer_cv.wait_until(lock, next_prune, [&] {
-                    return !stores.empty() || !outcomes.empty() || (stopping && running() == 0);
+                    return !stores.empty() || !outcomes.empty() || (stopping && done_running());
                 });
                 writer_waiting = false;
-                if (stores.empty() && outcomes.empty() && stopping && running() == 0) break;
+                if (stores.empty() && outcomes.empty() && stopping && done_running()) break;
                 batch.swap(stores);
                 updates.assign(std::make_move_iterator(outcomes.begin()),
                                std::make_move_iterator(outcomes.end()));
@@ -320,7 +324,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             // Back off before the next try, so a full disk does not become a busy loop.
             std::unique_lock lock(mutex);
             writer_cv.wait_for(lock, failed_commit_backoff,
-                               [&] { return stopping && running() == 0; });
+                               [&] { return stopping && done_running(); });
         }
     }
 
@@ -747,9 +751,16 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
         }
     }
     impl_->poller.join();
-    impl_->pool.stop();  // running deliveries finish and queue their outcomes
+    // Running deliveries finish and queue their outcomes; a handler that has not returned
+    // within terminate_wait more is not waited for (its delivery stays pending in the spool).
+    const bool returned = impl_->pool.stop_within(terminate_wait);
     {
         std::lock_guard lock(impl_->mutex);
+        if (!returned) {
+            log::error("a delivery never returned; stopping without it",
+                       {{"deliveries", impl_->running()}});
+            impl_->abandoned = true;
+        }
         impl_->writer_cv.notify_all();
     }
     impl_->writer.join();

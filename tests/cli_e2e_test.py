@@ -295,6 +295,84 @@ class ExecDrain(unittest.TestCase):
                 daemon.stop()
 
 
+class HungHandler(unittest.TestCase):
+    """A `file` handler whose writes never return (a FIFO nobody reads, like a hung mount): the
+    other handler still gets every event, SIGTERM still ends the daemon with 0, and after a
+    restart the stuck deliveries run again."""
+
+    def test_other_handlers_deliver_shutdown_is_bounded_and_a_restart_delivers_the_rest(self):
+        with tempfile.TemporaryDirectory() as d:
+            stuck = os.path.join(d, "stuck.jsonl")
+            os.mkfifo(stuck)
+            reader = os.open(stuck, os.O_RDONLY | os.O_NONBLOCK)  # held open, not read
+            with open(os.path.join(d, "k"), "w") as f:
+                f.write("hung-key\n")
+            config = os.path.join(d, "config.json")
+            with open(config, "w") as f:
+                json.dump({"listen": ["127.0.0.1:0"], "limits": {"drain_timeout_ms": 300},
+                           "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
+                                          "routes": [{"types": ["*"],
+                                                      "handlers": ["stuck", "archive"]}]}],
+                           "handlers": {"stuck": {"kind": "file", "path": "stuck.jsonl"},
+                                        "archive": {"kind": "file", "path": "archive.jsonl"}},
+                           "spool": {"path": "spool.db"}}, f)
+            ids = set()
+
+            def delivered(handler, count):
+                seen = [0]
+
+                def predicate(r):
+                    if r["msg"] == "delivery" and r["handler"] == handler and r["status"] == "delivered":
+                        seen[0] += 1
+                    return seen[0] >= count
+                return predicate
+
+            daemon = Daemon(config)
+            try:
+                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+                # 40 events of about 4 KB: more than the 64 KiB a pipe holds.
+                for i in range(40):
+                    body = json.dumps({"type": "flag", "payload": {"n": i, "pad": "x" * 4000}}).encode()
+                    status, answer = post(port, "/hook", body, sign("hung-key", body))
+                    self.assertEqual(status, 200)
+                    ids.add(answer["id"])
+                daemon.wait_for(delivered("archive", 40))
+                with open(os.path.join(d, "archive.jsonl")) as f:
+                    self.assertEqual({json.loads(line)["id"] for line in f}, ids)
+                daemon.proc.send_signal(signal.SIGTERM)
+                daemon.wait_for(lambda r: r["msg"] == "a delivery never returned; stopping without it")
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+            # What reached the pipe, whole lines only (the blocked write may have left part of one).
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(reader, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            os.close(reader)
+            lines = b"".join(chunks).split(b"\n")[:-1]
+            through_pipe = {json.loads(line)["id"] for line in lines}
+            self.assertLess(len(through_pipe), 40)
+            os.remove(stuck)  # a plain file from now on
+            daemon = Daemon(config)
+            try:
+                def complete(r):
+                    if r["msg"] != "delivery" or r["handler"] != "stuck":
+                        return False
+                    with open(stuck) as f:
+                        return through_pipe | {json.loads(line)["id"] for line in f} >= ids
+                daemon.wait_for(complete)
+                daemon.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+
+
 class SpoolCommands(unittest.TestCase):
     """Dead letters from a handler that cannot write, seen and replayed through `spool ...`."""
 

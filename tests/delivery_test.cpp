@@ -86,6 +86,35 @@ TEST(DeliveryPool, AHandlerThatHangsHoldsOneThreadAndTheOthersKeepDelivering) {
     EXPECT_EQ(gated->started, (std::vector<int>{0, 1, 2}));
 }
 
+TEST(DeliveryPool, StopWithinGivesUpOnADeliveryThatDoesNotReturnAndLeavesItSafeToFinish) {
+    std::promise<void> open;
+    auto gated = std::make_shared<Gated>(open.get_future().share());
+    std::promise<bool> reported;
+    auto delivered = reported.get_future();
+    {
+        DeliveryPool pool(2);
+        pool.run(sample_event(), gated,
+                 [&](DeliveryOutcome outcome, double) { reported.set_value(outcome.ok); });
+        pool.run(sample_event(), std::make_shared<Quick>(), [](DeliveryOutcome, double) {});
+        EXPECT_FALSE(pool.stop_within(std::chrono::milliseconds(100)));
+        EXPECT_FALSE(pool.stop_within(std::chrono::milliseconds(100)));  // the first answer holds
+    }
+    // The pool is gone; the thread left in the handler still has what it needs to finish.
+    open.set_value();
+    ASSERT_EQ(delivered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    EXPECT_TRUE(delivered.get());
+}
+
+TEST(DeliveryPool, StopWithinIsTrueWhenEveryDeliveryReturns) {
+    DeliveryPool pool(2);
+    std::atomic<int> done{0};
+    for (int i = 0; i < 10; ++i)
+        pool.run(sample_event(), std::make_shared<Quick>(),
+                 [&](DeliveryOutcome, double) { ++done; });
+    EXPECT_TRUE(pool.stop_within(std::chrono::seconds(30)));
+    EXPECT_EQ(done.load(), 10);
+}
+
 // Fails its first delivery by throwing, then succeeds.
 class ThrowsOnce final : public Handler {
   public:

@@ -224,6 +224,27 @@ TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
 }
 
+TEST_F(DispatcherTest, StopDoesNotWaitForAHandlerThatNeverReturns) {
+    auto gate = std::make_shared<GateHandler>();
+    {
+        Dispatcher d(2, 100);
+        ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
+        gate->wait_started(1);
+        d.stop(std::chrono::milliseconds(0), {}, std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(sink->wait_for([](const std::string& l) {
+        auto j = Json::parse(l);
+        return j["msg"] == "a delivery never returned; stopping without it" && j["lost"] == 1 &&
+               j["level"] == "error";
+    }));
+    // The delivery left running may still finish (and log) once its handler returns.
+    gate->open();
+    EXPECT_TRUE(sink->wait_for([](const std::string& l) {
+        auto j = Json::parse(l);
+        return j["msg"] == "delivery" && j["handler"] == "gate" && j["status"] == "delivered";
+    }));
+}
+
 TEST_F(DispatcherTest, StopFinishesQueuedDeliveries) {
     auto counter = std::make_shared<CountingHandler>("c");
     {

@@ -1,5 +1,6 @@
 #pragma once
 // Runs handlers on a thread pool of their own, never on the I/O threads.
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -27,10 +28,15 @@ class DeliveryPool {
 
     // Finishes what was queued, then joins the threads. Idempotent.
     void stop();
+    // The same within `timeout`: false when a delivery was still running then (a handler that
+    // never returns, such as a write to a hung mount). What was still queued is then dropped,
+    // the threads still busy are left to the process's exit, and the pool's state stays alive
+    // for them. Idempotent; the first call's answer holds.
+    bool stop_within(std::chrono::milliseconds timeout);
 
   private:
     struct Impl;
-    std::unique_ptr<Impl> impl_;
+    std::shared_ptr<Impl> impl_;
 };
 
 // The `delivery` log line: one per attempt outcome.
