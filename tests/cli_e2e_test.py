@@ -75,6 +75,20 @@ def sign(key, body):
     return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
 
 
+def write_hook_config(d, key, route, handlers):
+    """Writes d/k (the key) and d/config.json: one endpoint /hook sending every type to the
+    handlers named in `route`, a drain of 300 ms, the spool in d. Returns the config's path."""
+    with open(os.path.join(d, "k"), "w") as f:
+        f.write(key + "\n")
+    config = os.path.join(d, "config.json")
+    with open(config, "w") as f:
+        json.dump({"listen": ["127.0.0.1:0"], "limits": {"drain_timeout_ms": 300},
+                   "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
+                                  "routes": [{"types": ["*"], "handlers": route}]}],
+                   "handlers": handlers, "spool": {"path": "spool.db"}}, f)
+    return config
+
+
 class Cli(unittest.TestCase):
     def test_version_exits_0(self):
         r = run("--version")
@@ -259,16 +273,9 @@ class ExecDrain(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             fifo = os.path.join(d, "started")
             os.mkfifo(fifo)
-            with open(os.path.join(d, "k"), "w") as f:
-                f.write("drain-key\n")
-            config = os.path.join(d, "config.json")
-            with open(config, "w") as f:
-                json.dump({"listen": ["127.0.0.1:0"], "limits": {"drain_timeout_ms": 300},
-                           "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
-                                          "routes": [{"types": ["*"], "handlers": ["slow"]}]}],
-                           "handlers": {"slow": {"kind": "exec", "kill_grace_ms": 200,
-                                                 "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}},
-                           "spool": {"path": "spool.db"}}, f)
+            config = write_hook_config(d, "drain-key", ["slow"], {
+                "slow": {"kind": "exec", "kill_grace_ms": 200,
+                         "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}})
             daemon = Daemon(config)
             try:
                 port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
@@ -305,17 +312,9 @@ class HungHandler(unittest.TestCase):
             stuck = os.path.join(d, "stuck.jsonl")
             os.mkfifo(stuck)
             reader = os.open(stuck, os.O_RDONLY | os.O_NONBLOCK)  # held open, not read
-            with open(os.path.join(d, "k"), "w") as f:
-                f.write("hung-key\n")
-            config = os.path.join(d, "config.json")
-            with open(config, "w") as f:
-                json.dump({"listen": ["127.0.0.1:0"], "limits": {"drain_timeout_ms": 300},
-                           "endpoints": [{"path": "/hook", "signing_keys": [{"file": "k"}],
-                                          "routes": [{"types": ["*"],
-                                                      "handlers": ["stuck", "archive"]}]}],
-                           "handlers": {"stuck": {"kind": "file", "path": "stuck.jsonl"},
-                                        "archive": {"kind": "file", "path": "archive.jsonl"}},
-                           "spool": {"path": "spool.db"}}, f)
+            config = write_hook_config(d, "hung-key", ["stuck", "archive"], {
+                "stuck": {"kind": "file", "path": "stuck.jsonl"},
+                "archive": {"kind": "file", "path": "archive.jsonl"}})
             ids = set()
 
             def delivered(handler, count):
