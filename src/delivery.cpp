@@ -49,14 +49,13 @@ struct DeliveryPool::Impl {
         pool.get_executor()};
     std::vector<std::thread> workers;
     std::once_flag stopped;
-    bool stopped_in_time = true;
 
     std::mutex mutex;
     std::condition_variable changed;  // a thread finished, or (once stopping) a job began or ended
     std::vector<bool> finished = std::vector<bool>(thread_count, false);  // under mutex
     unsigned executing = 0;                                               // under mutex
     std::atomic<bool> stopping{false};
-    // Given up on (stop_within): the jobs not begun yet are dropped. Each holds what its
+    // Given up on by stop_within(): the jobs not begun yet are dropped. Each holds what its
     // callback needs, and running them would keep the pool's state alive for ever.
     std::atomic<bool> dropping{false};
 
@@ -183,10 +182,7 @@ bool DeliveryPool::stop_within(std::chrono::milliseconds timeout) {
             // that is running is given up on. It keeps every thread in run(), so the threads not
             // finished are left to the process's exit (each holds the pool's state).
             impl.changed.wait(lock, [&] { return done() || impl.executing > 0; });
-            if (!done()) {
-                impl.stopped_in_time = false;
-                impl.dropping = true;
-            }
+            if (!done()) impl.dropping = true;
         }
         for (unsigned i = 0; i < impl.thread_count; ++i) {
             if (impl.finished[i]) {
@@ -198,7 +194,7 @@ bool DeliveryPool::stop_within(std::chrono::milliseconds timeout) {
             }
         }
     });
-    return impl_->stopped_in_time;
+    return !impl_->dropping.load();
 }
 
 void log_delivery(const Event& event, const std::string& handler, int attempt,

@@ -96,7 +96,7 @@ void Dispatcher::stop(std::chrono::milliseconds timeout, const std::function<voi
         std::lock_guard lock(impl_->mutex);
         // Without a spool, what was not done is gone.
         log::error("a delivery never returned; stopping without it",
-                   {{"deliveries", impl_->deliveries}, {"lost", impl_->deliveries}});
+                   {{"deliveries", impl_->deliveries}, {"lost", true}});
     }
 }
 

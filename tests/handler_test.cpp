@@ -234,7 +234,7 @@ TEST_F(DispatcherTest, StopDoesNotWaitForAHandlerThatNeverReturns) {
     }
     EXPECT_TRUE(sink->wait_for([](const std::string& l) {
         auto j = Json::parse(l);
-        return j["msg"] == "a delivery never returned; stopping without it" && j["lost"] == 1 &&
+        return j["msg"] == "a delivery never returned; stopping without it" && j["lost"] == true &&
                j["level"] == "error";
     }));
     // The delivery left running may still finish (and log) once its handler returns.
