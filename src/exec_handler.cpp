@@ -151,7 +151,9 @@ struct ExecHandler::Job : std::enable_shared_from_this<Job> {
           timer(strand),
           drain(strand) {}
 
-    std::weak_ptr<ExecHandler> handler;
+    // Held until the job finishes: a reload retires the handler, but the deliveries it is
+    // running and those waiting for a slot still need it (to start the next one).
+    std::shared_ptr<ExecHandler> handler;
     EventPtr event;
     std::vector<std::string> argv;
     std::vector<std::string> envp;
@@ -281,7 +283,7 @@ struct ExecHandler::Job : std::enable_shared_from_this<Job> {
 
     void finish(DeliveryOutcome o) {
         auto cb = std::move(done);
-        if (auto h = handler.lock()) h->finished(shared_from_this());
+        if (auto h = std::move(handler)) h->finished(shared_from_this());
         cb(std::move(o));
     }
 };
@@ -303,7 +305,7 @@ void ExecHandler::deliver(const EventPtr& event, DeliveryDone done) {
         return;
     }
     auto job = std::make_shared<Job>(handler_reactor());
-    job->handler = weak_from_this();
+    job->handler = shared_from_this();
     job->event = event;
     job->argv = std::move(argv).value();
     job->envp = child_environment(*event, config_.env);

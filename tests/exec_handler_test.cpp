@@ -288,6 +288,27 @@ TEST_F(ExecTest, DaemonFdsDoNotReachTheChild) {
     EXPECT_GT(leaky, 3);
 }
 
+// A reload retires the handler: the runtime lets go of it while deliveries still wait for a
+// slot. It must live on until they have all run (docs/architecture.md), not drop them unreported.
+TEST_F(ExecTest, DeliveriesWaitingForASlotRunAfterTheHandlerIsLetGo) {
+    auto c = sh("cat > /dev/null");
+    c.max_concurrent = 1;
+    auto h = handler(c);
+    std::vector<std::future<DeliveryOutcome>> outcomes;
+    for (int i = 0; i < 3; ++i) {
+        auto promise = std::make_shared<std::promise<DeliveryOutcome>>();
+        outcomes.push_back(promise->get_future());
+        h->deliver(flag_event(),
+                   [promise](DeliveryOutcome o) { promise->set_value(std::move(o)); });
+    }
+    h.reset();
+    for (auto& f : outcomes) {
+        ASSERT_EQ(f.wait_for(std::chrono::seconds(30)), std::future_status::ready)
+            << "a waiting delivery was dropped with its handler";
+        EXPECT_TRUE(f.get().ok);
+    }
+}
+
 TEST_F(ExecTest, TerminateStopsRunningAndFailsWaitingDeliveries) {
     auto c = sh("trap 'exit 7' TERM; while :; do sleep 1; done");
     c.max_concurrent = 1;
