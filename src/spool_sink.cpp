@@ -755,8 +755,13 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
     // within terminate_wait more is not waited for (its delivery stays pending in the spool).
     const bool returned = impl_->pool.stop_within(terminate_wait);
     {
-        std::lock_guard lock(impl_->mutex);
-        if (!returned) {
+        std::unique_lock lock(impl_->mutex);
+        // A delivery handed to a handler's own thread (`exec`, `forward`) reports from there; one
+        // that has not reported within terminate_wait more is not waited for either.
+        const bool reported = returned && impl_->idle_cv.wait_for(lock, terminate_wait, [&] {
+            return impl_->running() == 0;
+        });
+        if (!reported) {
             log::error("a delivery never returned; stopping without it",
                        {{"deliveries", impl_->running()}});
             impl_->abandoned = true;

@@ -529,6 +529,31 @@ TEST_F(SpoolSinkTest, AnswersInsideACompletionBatchThatHandsOverAfterTheAnswers)
     EXPECT_EQ(seen, (std::vector<std::string>{"in a batch", "hand-over of 1", "handed over"}));
 }
 
+// Takes each delivery and never reports it, like an asynchronous handler whose work was lost.
+class NeverReports final : public Handler {
+  public:
+    NeverReports() : Handler("never") {}
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        std::lock_guard lock(mutex);
+        kept.push_back(std::move(done));
+    }
+    std::mutex mutex;
+    std::vector<DeliveryDone> kept;  // never called
+};
+
+TEST_F(SpoolSinkTest, StopIsBoundedWhenADeliveryNeverReportsAndItStaysPending) {
+    auto never = std::make_shared<NeverReports>();
+    add(never);
+    start();
+    ASSERT_EQ(submit(test::sample("flag"), {never}).status, SubmitResult::Status::accepted);
+    sink->stop(std::chrono::milliseconds(0), {}, std::chrono::milliseconds(100));
+    EXPECT_TRUE(logs->wait_for_record([](Json& j) {
+        return j["msg"] == "a delivery never returned; stopping without it" && j["deliveries"] == 1;
+    }));
+    sink.reset();
+    EXPECT_EQ(open_sqlite_spool(config.path)->stats().pending, 1u);
+}
+
 TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {
     auto flaky = std::make_shared<FlakyHandler>("flaky", 2);
     add(flaky);
