@@ -83,33 +83,32 @@ struct DeliveryPool::Impl {
     // this thread, so a busy handler cannot keep a thread from the others.
     void post(const Handler* handler, Job job) {
         boost::asio::post(pool, [this, handler, job = std::move(job)] {
-            if (dropping.load()) {
-                next(handler);
-                return;
+            const bool run = !dropping.load();
+            if (run) {
+                std::lock_guard lock(mutex);
+                count_executing(+1);
             }
-            begin_or_end(+1);
             try {
-                job();
+                if (run) job();
             } catch (...) {
-                begin_or_end(-1);
-                next(handler);
+                after(handler, run);
                 throw;
             }
-            begin_or_end(-1);
-            next(handler);
+            after(handler, run);
         });
     }
 
-    void begin_or_end(int step) {
-        std::lock_guard lock(mutex);
+    void count_executing(int step) {  // under mutex
         executing += step;
         if (stopping.load()) changed.notify_all();
     }
 
-    void next(const Handler* handler) {
+    // A job of `handler` has run (or been dropped): start its next one, if any.
+    void after(const Handler* handler, bool ran) {
         Job job;
         {
             std::lock_guard lock(mutex);
+            if (ran) count_executing(-1);
             const auto it = busy.find(handler);
             if (it->second.empty()) {
                 busy.erase(it);
