@@ -109,9 +109,85 @@ struct Daemon::Impl {
     std::mutex reload_mutex;  // one reload at a time
     bool started = false;
     bool stopped = false;
+
+    // Guards what follows. A reload applies its config and shutdown begins one after the other,
+    // so that shutdown sees every handler that can still be delivering.
+    std::mutex state_mutex;
+    bool stopping = false;
+    std::vector<std::weak_ptr<Handler>> retired;  // handlers a reload replaced, while they live
+    // SIGHUP's reloads run on a thread of their own (run_until_signalled), off the thread that
+    // handles signals: a reload stuck on a hung file (its open(), or a handler's lock held by a
+    // write that never returns) must not keep SIGTERM from being handled.
+    std::thread reloader;
+    std::condition_variable reload_cv;
+    bool reload_wanted = false;
+    bool reload_running = false;
+    bool reloader_done = false;
+
+    bool reload(Result<Config> next);
+    bool reload_locked(Result<Config> next);
+    bool reload_from_file() { return reload(load_config(service.snapshot()->config.file)); }
+
+    void reload_loop() {
+        // Signals are the main thread's; an interrupted open() here would fail a reload.
+        sigset_t signals;
+        sigemptyset(&signals);
+        for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
+        pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+        std::unique_lock lock(state_mutex);
+        while (!stopping) {
+            if (!reload_wanted) {
+                reload_cv.wait(lock);
+                continue;
+            }
+            reload_wanted = false;
+            reload_running = true;
+            lock.unlock();
+            reload_from_file();
+            lock.lock();
+            reload_running = false;
+        }
+        reloader_done = true;
+        reload_cv.notify_all();
+    }
+
+    // SIGHUPs that come while a reload runs are folded into one more reload after it.
+    void request_reload() {
+        std::lock_guard lock(state_mutex);
+        if (reload_running) log::warn("a reload is still running; another follows it");
+        reload_wanted = true;
+        reload_cv.notify_all();
+    }
+
+    // A reload still running when the daemon has stopped gets `wait` more, then is left to
+    // the process's exit: the thread holds this Impl, so nothing it uses goes away under it.
+    void stop_reloader(std::chrono::milliseconds wait) {
+        if (!reloader.joinable()) return;
+        std::unique_lock lock(state_mutex);
+        const bool done = reload_cv.wait_for(lock, wait, [&] { return reloader_done; });
+        lock.unlock();
+        if (done) {
+            reloader.join();
+        } else {
+            log::warn("a reload never finished; stopping without it");
+            reloader.detach();
+        }
+    }
+
+    // Every handler that can still be delivering: the current ones and those that reloads
+    // retired while a delivery still holds them (an exec command, a forward in flight).
+    std::vector<HandlerPtr> live_handlers() {
+        std::vector<HandlerPtr> out;
+        for (const auto& [name, handler] : service.snapshot()->handlers) out.push_back(handler);
+        std::lock_guard lock(state_mutex);
+        for (const auto& weak : retired) {
+            if (auto handler = weak.lock()) out.push_back(std::move(handler));
+        }
+        return out;
+    }
 };
 
-Daemon::Daemon(Config config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+Daemon::Daemon(Config config) : impl_(std::make_shared<Impl>(std::move(config))) {}
 
 Daemon::~Daemon() {
     shutdown();
@@ -168,26 +244,31 @@ std::vector<std::uint16_t> Daemon::admin_ports() const {
 }
 
 bool Daemon::reload() {
-    const auto file = impl_->service.snapshot()->config.file;
-    return reload(load_config(file));
+    return impl_->reload_from_file();
 }
 
 bool Daemon::reload(Result<Config> next) {
-    std::lock_guard lock(impl_->reload_mutex);
+    return impl_->reload(std::move(next));
+}
+
+bool Daemon::Impl::reload(Result<Config> next) {
+    std::lock_guard lock(reload_mutex);
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
     systemd::notify("RELOADING=1\nMONOTONIC_USEC=" +
                     std::to_string(static_cast<std::uint64_t>(now.tv_sec) * 1000000u +
                                    static_cast<std::uint64_t>(now.tv_nsec) / 1000u));
     const bool ok = reload_locked(std::move(next));
-    impl_->metrics.reload(ok);
-    // Ready again either way: a rejected config leaves the old one serving.
-    systemd::notify("READY=1\n" + impl_->status_line());
+    metrics.reload(ok);
+    // Ready again either way (a rejected config leaves the old one serving), unless stopping.
+    if (std::lock_guard state(state_mutex); !stopping) {
+        systemd::notify("READY=1\n" + status_line());
+    }
     return ok;
 }
 
-bool Daemon::reload_locked(Result<Config> next) {
-    const auto current = impl_->service.snapshot();
+bool Daemon::Impl::reload_locked(Result<Config> next) {
+    const auto current = service.snapshot();
     auto keep_old = [&](const std::string& why) {
         log::error("reload failed", {{"error", why}, {"config", current->config.file.string()}});
         for (const auto& [name, handler] : current->handlers) handler->reopen();
@@ -201,6 +282,16 @@ bool Daemon::reload_locked(Result<Config> next) {
         return keep_old(e.what());
     }
     const Config& cfg = runtime->config;
+    {
+        std::lock_guard lock(state_mutex);
+        if (stopping) {
+            log::warn("reload dropped: the daemon is stopping", {{"config", cfg.file.string()}});
+            return false;
+        }
+        std::erase_if(retired, [](const auto& handler) { return handler.expired(); });
+        for (const auto& [name, handler] : current->handlers) retired.push_back(handler);
+        service.replace(runtime);
+    }
     log_warnings(cfg);
     if (!(cfg.spool == current->config.spool)) {
         log::warn("config warning", {{"warning", "changes to spool take effect at restart"}});
@@ -211,9 +302,8 @@ bool Daemon::reload_locked(Result<Config> next) {
     }
     log::set_format(cfg.log.format);
     log::set_level(cfg.log.level);
-    if (impl_->dispatcher) impl_->dispatcher->set_max_pending_events(cfg.limits.max_pending_events);
-    impl_->service.replace(runtime);
-    impl_->server.reload_tls(cfg.listen);
+    if (dispatcher) dispatcher->set_max_pending_events(cfg.limits.max_pending_events);
+    server.reload_tls(cfg.listen);
     log::info("reloaded", {{"config", cfg.file.string()},
                            {"endpoints", cfg.endpoints.size()},
                            {"handlers", cfg.handlers.size()}});
@@ -223,6 +313,11 @@ bool Daemon::reload_locked(Result<Config> next) {
 void Daemon::shutdown() {
     if (!impl_->started || impl_->stopped) return;
     impl_->stopped = true;
+    {
+        std::lock_guard lock(impl_->state_mutex);
+        impl_->stopping = true;  // no reload applies from here on, and none starts
+        impl_->reload_cv.notify_all();
+    }
     systemd::notify("STOPPING=1");
     asio::post(impl_->ioc, [this] { impl_->tick_timer.cancel(); });
     const auto drain = impl_->service.snapshot()->config.limits.drain_timeout;
@@ -239,15 +334,16 @@ void Daemon::shutdown() {
     const auto left = std::max(std::chrono::milliseconds(0),
                                std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::steady_clock::now()));
-    // Deliveries still running when the drain period ends (exec commands) are ended.
+    // Deliveries still running when the drain period ends (exec commands) are ended, those of
+    // handlers retired by a reload too.
     impl_->sink->stop(left, [this] {
-        for (const auto& [name, handler] : impl_->service.snapshot()->handlers)
-            handler->terminate();
+        for (const auto& handler : impl_->live_handlers()) handler->terminate();
     });
     impl_->work.reset();
     impl_->ioc.stop();
     for (auto& t : impl_->io_threads) t.join();
     impl_->io_threads.clear();
+    impl_->stop_reloader(std::chrono::seconds(1));
     log::info("stopped");
 }
 
@@ -273,6 +369,8 @@ void Daemon::run_until_signalled() {
     for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&shutdown_signals, s);
     pthread_sigmask(SIG_UNBLOCK, &shutdown_signals, nullptr);
     start();
+    impl_->reloader = std::thread([impl = impl_] { impl->reload_loop(); });
+    name_thread(impl_->reloader, "sigsci-reload");
     for (;;) {
         int signo = 0;
         {
@@ -286,7 +384,7 @@ void Daemon::run_until_signalled() {
             break;
         }
         log::info("signal", {{"signal", "SIGHUP"}});
-        reload();
+        impl_->request_reload();
     }
     signals.cancel();
     shutdown();

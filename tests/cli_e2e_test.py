@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -301,6 +302,32 @@ class ExecDrain(unittest.TestCase):
             finally:
                 daemon.stop()
 
+    def test_a_command_of_a_handler_retired_by_a_reload_is_ended_too(self):
+        with tempfile.TemporaryDirectory() as d:
+            fifo = os.path.join(d, "started")
+            os.mkfifo(fifo)
+            config = write_hook_config(d, "drain-key", ["slow"], {
+                "slow": {"kind": "exec", "kill_grace_ms": 200,
+                         "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}})
+            daemon = Daemon(config)
+            try:
+                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+                body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
+                status, answer = post(port, "/hook", body, sign("drain-key", body))
+                self.assertEqual(status, 200)
+                with open(fifo) as f:  # blocks until the command is running
+                    self.assertEqual(f.read().strip(), answer["id"])
+                # The reload builds new handlers; the one running the command is retired.
+                daemon.proc.send_signal(signal.SIGHUP)
+                daemon.wait_for(lambda r: r["msg"] == "reloaded")
+                daemon.proc.send_signal(signal.SIGTERM)
+                record = daemon.wait_for(lambda r: r["msg"] == "delivery")
+                self.assertEqual(record["status"], "failed")
+                self.assertIn("stopped at shutdown", record["error"])
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+
 
 class HungHandler(unittest.TestCase):
     """A `file` handler whose writes never return (a FIFO nobody reads, like a hung mount): the
@@ -370,6 +397,39 @@ class HungHandler(unittest.TestCase):
                 self.assertEqual(daemon.proc.wait(timeout=30), 0)
             finally:
                 daemon.stop()
+
+
+    def test_sigterm_is_handled_while_a_reload_waits_on_the_hung_handler(self):
+        with tempfile.TemporaryDirectory() as d:
+            stuck = os.path.join(d, "stuck.jsonl")
+            os.mkfifo(stuck)
+            reader = os.open(stuck, os.O_RDONLY | os.O_NONBLOCK)  # held open, not read
+            config = write_hook_config(d, "hung-key", ["stuck"], {
+                "stuck": {"kind": "file", "path": "stuck.jsonl"}})
+            daemon = Daemon(config)
+            try:
+                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+                # One event bigger than the 64 KiB a pipe holds: its write never returns.
+                body = json.dumps({"type": "flag", "payload": {"pad": "x" * 100000}}).encode()
+                status, _ = post(port, "/hook", body, sign("hung-key", body))
+                self.assertEqual(status, 200)
+                # Data in the pipe: the delivery is inside its write, holding the handler's lock.
+                self.assertEqual(select.select([reader], [], [], 15)[0], [reader])
+                # A config that does not load: the old one stays and its files are reopened,
+                # which waits for the stuck write.
+                with open(config, "w") as f:
+                    f.write("{")
+                daemon.proc.send_signal(signal.SIGHUP)
+                daemon.wait_for(lambda r: r["msg"] == "reload failed")
+                daemon.proc.send_signal(signal.SIGHUP)
+                daemon.wait_for(lambda r: r["msg"] == "a reload is still running; another follows it")
+                daemon.proc.send_signal(signal.SIGTERM)
+                daemon.wait_for(lambda r: r["msg"] == "stopping")
+                daemon.wait_for(lambda r: r["msg"] == "a reload never finished; stopping without it")
+                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            finally:
+                daemon.stop()
+                os.close(reader)
 
 
 class SpoolCommands(unittest.TestCase):

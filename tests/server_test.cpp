@@ -526,6 +526,17 @@ TEST_F(ServerTest, ReloadReopensTheArchiveFile) {
     EXPECT_EQ(test::read_lines(dir / "events.jsonl.1").size(), 1u);
 }
 
+// A reload that finishes after shutdown began (one that was stuck on a hung file) is not
+// applied: the handlers shutdown told to end stay the last ones.
+TEST_F(ServerTest, ReloadAfterShutdownBeganIsDropped) {
+    start();
+    daemon->shutdown();
+    EXPECT_FALSE(daemon->reload());
+    EXPECT_TRUE(
+        logged([](Json& j) { return j["msg"] == "reload dropped: the daemon is stopping"; }));
+    for (const auto& line : logs->lines()) EXPECT_NE(Json::parse(line)["msg"], "reloaded");
+}
+
 TEST_F(ServerTest, ServesIpv6AndIpv4ListenersTogether) {
     start("", R"(["127.0.0.1:0", "[::1]:0"])");
     const auto ports = daemon->ports();

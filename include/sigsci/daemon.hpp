@@ -35,7 +35,8 @@ class Daemon {
     // SIGTERM: stop accepting, finish requests and deliveries within drain_timeout_ms, stop.
     void shutdown();
 
-    // start(), then serve until SIGTERM or SIGINT (reloading on SIGHUP), then shutdown().
+    // start(), then serve until SIGTERM or SIGINT, then shutdown(). SIGHUP's reloads run on a
+    // thread of their own, so that one stuck on a hung file cannot hold up SIGTERM.
     void run_until_signalled();
 
     // For tests and tools: block until no delivery is in flight.
@@ -43,10 +44,8 @@ class Daemon {
     std::size_t connection_count() const;
 
   private:
-    bool reload_locked(Result<Config> next);
-
     struct Impl;
-    std::unique_ptr<Impl> impl_;
+    std::shared_ptr<Impl> impl_;  // shared with a reload thread that may outlive a stop
 };
 
 }  // namespace sigsci
