@@ -261,9 +261,12 @@ bool Daemon::Impl::reload(Result<Config> next) {
     const bool ok = reload_locked(std::move(next));
     metrics.reload(ok);
     // Ready again either way (a rejected config leaves the old one serving), unless stopping.
-    if (std::lock_guard state(state_mutex); !stopping) {
-        systemd::notify("READY=1\n" + status_line());
+    bool stopping_now = false;
+    {
+        std::lock_guard state(state_mutex);
+        stopping_now = stopping;
     }
+    if (!stopping_now) systemd::notify("READY=1\n" + status_line());
     return ok;
 }
 

@@ -56,7 +56,13 @@ class Daemon:
 
     def stop(self):
         if self.proc.poll() is None:
+            # Still running: the test failed or gave up on it. Its log says why.
             self.proc.kill()
+            self.proc.wait(timeout=30)
+            rest = []
+            while (line := self.lines.get(timeout=30)) is not None:
+                rest.append(line)
+            print("daemon killed; its log:\n" + "\n".join(self.seen + rest), file=sys.stderr)
         self.proc.wait(timeout=30)
 
 
