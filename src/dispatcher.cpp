@@ -95,7 +95,7 @@ void Dispatcher::stop(std::chrono::milliseconds timeout, const std::function<voi
     if (!impl_->pool.stop_within(terminate_wait)) {
         std::lock_guard lock(impl_->mutex);
         // Without a spool, what was not done is gone.
-        log::error("a delivery never returned; stopping without it",
+        log::error(DeliveryPool::never_returned,
                    {{"deliveries", impl_->deliveries}, {"lost", true}});
     }
 }

@@ -762,8 +762,7 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
             return impl_->running() == 0;
         });
         if (!reported) {
-            log::error("a delivery never returned; stopping without it",
-                       {{"deliveries", impl_->running()}});
+            log::error(DeliveryPool::never_returned, {{"deliveries", impl_->running()}});
             impl_->abandoned = true;
         }
         impl_->writer_cv.notify_all();

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "sigsci/handler.hpp"
 #include "sigsci/log.hpp"
@@ -33,6 +34,9 @@ class DeliveryPool {
     // the threads still busy are left to the process's exit, and the pool's state stays alive
     // for them. Idempotent; the first call's answer holds.
     bool stop_within(std::chrono::milliseconds timeout);
+    // What the sinks log when stop_within() gave up or an outcome never came (logging.md).
+    static constexpr std::string_view never_returned =
+        "a delivery never returned; stopping without it";
 
   private:
     struct Impl;
