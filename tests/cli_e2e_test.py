@@ -276,63 +276,54 @@ class ExecDrain(unittest.TestCase):
     """SIGTERM while a command runs: it gets the drain period, is then terminated, and its
     delivery runs again after a restart."""
 
+    def stop_while_a_command_runs(self, d, before_stop=lambda daemon: None):
+        """Starts the daemon on d with a `slow` exec handler, posts one event, waits until its
+        command runs, calls before_stop(daemon), sends SIGTERM and checks that the command was
+        ended and the daemon exited 0. Returns the config's path, the FIFO and the event id."""
+        fifo = os.path.join(d, "started")
+        os.mkfifo(fifo)
+        config = write_hook_config(d, "drain-key", ["slow"], {
+            "slow": {"kind": "exec", "kill_grace_ms": 200,
+                     "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}})
+        daemon = Daemon(config)
+        try:
+            port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
+            body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
+            status, answer = post(port, "/hook", body, sign("drain-key", body))
+            self.assertEqual(status, 200)
+            with open(fifo) as f:  # blocks until the command is running
+                self.assertEqual(f.read().strip(), answer["id"])
+            before_stop(daemon)
+            daemon.proc.send_signal(signal.SIGTERM)
+            record = daemon.wait_for(lambda r: r["msg"] == "delivery")
+            self.assertEqual(record["status"], "failed")
+            self.assertIn("stopped at shutdown", record["error"])
+            self.assertEqual(daemon.proc.wait(timeout=30), 0)
+        finally:
+            daemon.stop()
+        return config, fifo, answer["id"]
+
     def test_running_command_is_ended_after_the_drain_and_retried_after_restart(self):
         with tempfile.TemporaryDirectory() as d:
-            fifo = os.path.join(d, "started")
-            os.mkfifo(fifo)
-            config = write_hook_config(d, "drain-key", ["slow"], {
-                "slow": {"kind": "exec", "kill_grace_ms": 200,
-                         "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}})
-            daemon = Daemon(config)
-            try:
-                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
-                body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
-                status, answer = post(port, "/hook", body, sign("drain-key", body))
-                self.assertEqual(status, 200)
-                with open(fifo) as f:  # blocks until the command is running
-                    self.assertEqual(f.read().strip(), answer["id"])
-                daemon.proc.send_signal(signal.SIGTERM)
-                record = daemon.wait_for(lambda r: r["msg"] == "delivery")
-                self.assertEqual(record["status"], "failed")
-                self.assertIn("stopped at shutdown", record["error"])
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
-            finally:
-                daemon.stop()
+            config, fifo, event_id = self.stop_while_a_command_runs(d)
             # After a restart the delivery runs again, with the same event id.
             daemon = Daemon(config)
             try:
                 with open(fifo) as f:
-                    self.assertEqual(f.read().strip(), answer["id"])
+                    self.assertEqual(f.read().strip(), event_id)
                 daemon.proc.send_signal(signal.SIGTERM)
                 self.assertEqual(daemon.proc.wait(timeout=30), 0)
             finally:
                 daemon.stop()
 
     def test_a_command_of_a_handler_retired_by_a_reload_is_ended_too(self):
+        def reload(daemon):
+            # The reload builds new handlers; the one running the command is retired.
+            daemon.proc.send_signal(signal.SIGHUP)
+            daemon.wait_for(lambda r: r["msg"] == "reloaded")
+
         with tempfile.TemporaryDirectory() as d:
-            fifo = os.path.join(d, "started")
-            os.mkfifo(fifo)
-            config = write_hook_config(d, "drain-key", ["slow"], {
-                "slow": {"kind": "exec", "kill_grace_ms": 200,
-                         "command": ["/bin/sh", "-c", "echo $SIGSCI_EVENT_ID > %s; exec sleep 60" % fifo]}})
-            daemon = Daemon(config)
-            try:
-                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
-                body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
-                status, answer = post(port, "/hook", body, sign("drain-key", body))
-                self.assertEqual(status, 200)
-                with open(fifo) as f:  # blocks until the command is running
-                    self.assertEqual(f.read().strip(), answer["id"])
-                # The reload builds new handlers; the one running the command is retired.
-                daemon.proc.send_signal(signal.SIGHUP)
-                daemon.wait_for(lambda r: r["msg"] == "reloaded")
-                daemon.proc.send_signal(signal.SIGTERM)
-                record = daemon.wait_for(lambda r: r["msg"] == "delivery")
-                self.assertEqual(record["status"], "failed")
-                self.assertIn("stopped at shutdown", record["error"])
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
-            finally:
-                daemon.stop()
+            self.stop_while_a_command_runs(d, reload)
 
 
 class HungHandler(unittest.TestCase):
