@@ -128,12 +128,9 @@ struct Daemon::Impl {
     bool reload_locked(Result<Config> next);
     bool reload_from_file() { return reload(load_config(service.snapshot()->config.file)); }
 
+    // Runs with the signals blocked (run_until_signalled): an interrupted open() here would
+    // fail a reload.
     void reload_loop() {
-        // Signals are the main thread's; an interrupted open() here would fail a reload.
-        sigset_t signals;
-        sigemptyset(&signals);
-        for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, s);
-        pthread_sigmask(SIG_BLOCK, &signals, nullptr);
         std::unique_lock lock(state_mutex);
         while (!stopping) {
             if (!reload_wanted) {
@@ -366,14 +363,17 @@ void Daemon::run_until_signalled() {
             if (signo == SIGHUP) signals.async_wait(on_signal);
         };
     signals.async_wait(on_signal);
-    // The handler is in place: let the signals run_daemon() held back through (see cli.cpp).
+    // The threads started here inherit the signals blocked, so that only this thread takes
+    // them. run_daemon() has them blocked already (see cli.cpp); other callers get the same.
     sigset_t shutdown_signals;
     sigemptyset(&shutdown_signals);
     for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&shutdown_signals, s);
-    pthread_sigmask(SIG_UNBLOCK, &shutdown_signals, nullptr);
+    pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
     start();
     impl_->reloader = std::thread([impl = impl_] { impl->reload_loop(); });
     name_thread(impl_->reloader, "sigsci-reload");
+    // The handler is in place and every thread started: let the signals held back through.
+    pthread_sigmask(SIG_UNBLOCK, &shutdown_signals, nullptr);
     for (;;) {
         int signo = 0;
         {
