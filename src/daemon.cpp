@@ -116,8 +116,8 @@ struct Daemon::Impl {
     bool stopping = false;
     std::vector<std::weak_ptr<Handler>> retired;  // handlers a reload replaced, while they live
     // SIGHUP's reloads run on a thread of their own (run_until_signalled), off the thread that
-    // handles signals: a reload stuck on a hung file (its open(), or a handler's lock held by a
-    // write that never returns) must not keep SIGTERM from being handled.
+    // handles signals: a reload stuck on a hung file (open() on a hung mount) must not keep
+    // SIGTERM from being handled.
     std::thread reloader;
     std::condition_variable reload_cv;
     bool reload_wanted = false;
@@ -140,6 +140,7 @@ struct Daemon::Impl {
             reload_wanted = false;
             reload_running = true;
             lock.unlock();
+            log::info("reloading");  // with `reloaded` or `reload failed` once it ends
             reload_from_file();
             lock.lock();
             reload_running = false;

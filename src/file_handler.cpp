@@ -30,11 +30,16 @@ FileHandler::FileHandler(std::string name, std::filesystem::path path)
 
 FileHandler::~FileHandler() {
     if (fd_ >= 0) ::close(fd_);
+    if (const int fd = pending_fd_.load(); fd >= 0) ::close(fd);
 }
 
 std::string FileHandler::append(const std::string& text) {
     std::string error;
     std::lock_guard lock(mutex_);
+    if (pending_fd_.load(std::memory_order_relaxed) >= 0) {
+        ::close(fd_);
+        fd_ = pending_fd_.exchange(-1);
+    }
     std::size_t written = 0;
     while (written < text.size()) {
         const ssize_t n = ::write(fd_, text.data() + written, text.size() - written);
@@ -78,7 +83,12 @@ void FileHandler::reopen() {
             {{"handler", name()}, {"path", path_.string()}, {"error", std::strerror(errno)}});
         return;  // keep writing to the old descriptor rather than lose events
     }
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) {
+        if (const int older = pending_fd_.exchange(fd); older >= 0) ::close(older);
+        return;
+    }
+    if (const int older = pending_fd_.exchange(-1); older >= 0) ::close(older);
     ::close(fd_);
     fd_ = fd;
 }

@@ -396,28 +396,21 @@ class HungHandler(unittest.TestCase):
                 daemon.stop()
 
 
-    def test_sigterm_is_handled_while_a_reload_waits_on_the_hung_handler(self):
+    def test_sigterm_is_handled_while_a_reload_hangs_opening_a_file(self):
         with tempfile.TemporaryDirectory() as d:
-            stuck = os.path.join(d, "stuck.jsonl")
-            os.mkfifo(stuck)
-            reader = os.open(stuck, os.O_RDONLY | os.O_NONBLOCK)  # held open, not read
-            config = write_hook_config(d, "hung-key", ["stuck"], {
-                "stuck": {"kind": "file", "path": "stuck.jsonl"}})
+            config = write_hook_config(d, "hung-key", ["archive"], {
+                "archive": {"kind": "file", "path": "archive.jsonl"}})
             daemon = Daemon(config)
             try:
-                port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
-                # One event bigger than the 64 KiB a pipe holds: its write never returns.
-                body = json.dumps({"type": "flag", "payload": {"pad": "x" * 100000}}).encode()
-                status, _ = post(port, "/hook", body, sign("hung-key", body))
-                self.assertEqual(status, 200)
-                # Data in the pipe: the delivery is inside its write, holding the handler's lock.
-                self.assertEqual(select.select([reader], [], [], 15)[0], [reader])
-                # A config that does not load: the old one stays and its files are reopened,
-                # which waits for the stuck write.
-                with open(config, "w") as f:
-                    f.write("{")
+                daemon.wait_for(lambda r: r["msg"] == "ready")
+                # The new config adds a file that is a FIFO nobody opens for reading: opening
+                # it never returns, like open() on a hung mount.
+                os.mkfifo(os.path.join(d, "late.jsonl"))
+                write_hook_config(d, "hung-key", ["archive", "late"], {
+                    "archive": {"kind": "file", "path": "archive.jsonl"},
+                    "late": {"kind": "file", "path": "late.jsonl"}})
                 daemon.proc.send_signal(signal.SIGHUP)
-                daemon.wait_for(lambda r: r["msg"] == "reload failed")
+                daemon.wait_for(lambda r: r["msg"] == "reloading")
                 daemon.proc.send_signal(signal.SIGHUP)
                 daemon.wait_for(lambda r: r["msg"] == "a reload is still running; another follows it")
                 daemon.proc.send_signal(signal.SIGTERM)
@@ -426,7 +419,6 @@ class HungHandler(unittest.TestCase):
                 self.assertEqual(daemon.proc.wait(timeout=30), 0)
             finally:
                 daemon.stop()
-                os.close(reader)
 
 
 class SpoolCommands(unittest.TestCase):

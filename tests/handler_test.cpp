@@ -1,7 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -85,6 +92,46 @@ TEST(FileHandler, ReopenFollowsLogrotate) {
     ASSERT_TRUE(deliver_now(h, event_of(test::sample("flag"))).ok);
     EXPECT_EQ(test::read_lines(dir / "events.jsonl.1").size(), 2u);
     EXPECT_EQ(test::read_lines(dir / "events.jsonl").size(), 1u);
+}
+
+// A reopen (SIGHUP) while a write hangs (a full pipe here; a hung mount in life) does not
+// wait for it: it returns, and the write after the hung one goes to the new file.
+TEST(FileHandler, ReopenDoesNotWaitForAWriteThatHangs) {
+    test::TempDir dir;
+    const auto path = dir / "events.jsonl";
+    ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+    const int reader = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // not read yet
+    ASSERT_GE(reader, 0);
+    FileHandler h("archive", path);
+    // More than the 64 KiB a pipe holds: this write hangs until the pipe is read.
+    const auto big =
+        event_of(R"({"type":"flag","payload":{"pad":")" + std::string(100000, 'x') + R"("}})");
+    auto hung = std::async(std::launch::async, [&] { return deliver_now(h, big); });
+    pollfd pfd{reader, POLLIN, 0};
+    ASSERT_EQ(::poll(&pfd, 1, 10000), 1);  // data in the pipe: the write is under way
+
+    // logrotate: the pipe moves away, a plain file takes its name, SIGHUP.
+    std::filesystem::rename(path, dir / "events.jsonl.1");
+    auto reopened = std::async(std::launch::async, [&] { h.reopen(); });
+    const bool returned = reopened.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    EXPECT_TRUE(returned) << "reopen waited for the hung write";
+
+    // Read the pipe dry until the hung write is done, then write again.
+    std::string drained;
+    char buf[65536];
+    while (hung.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
+        const ssize_t n = ::read(reader, buf, sizeof buf);
+        if (n > 0) drained.append(buf, static_cast<std::size_t>(n));
+    }
+    EXPECT_TRUE(hung.get().ok);
+    for (ssize_t n; (n = ::read(reader, buf, sizeof buf)) > 0;)
+        drained.append(buf, static_cast<std::size_t>(n));
+    ::close(reader);
+    reopened.wait();
+    EXPECT_EQ(std::count(drained.begin(), drained.end(), '\n'), 1);  // the hung line, whole
+    ASSERT_TRUE(deliver_now(h, event_of(test::sample("flag"))).ok);
+    EXPECT_EQ(test::read_lines(path).size(), 1u);  // the new file
 }
 
 TEST(FileHandler, UnopenableFileFailsWithTheKeyPath) {

@@ -1,4 +1,5 @@
 #pragma once
+#include <atomic>
 #include <filesystem>
 #include <mutex>
 
@@ -22,6 +23,8 @@ class FileHandler final : public Handler {
     void deliver(const EventPtr& event, DeliveryDone done) override;
     // All the lines in one write: they succeed or fail together.
     void deliver_batch(std::span<const EventPtr> events, BatchDone done) override;
+    // Opens the path again. A write in progress (one hung on a full pipe or a hung mount
+    // included) is not waited for: the next write takes the new descriptor.
     void reopen() override;
 
     const std::filesystem::path& path() const { return path_; }
@@ -30,6 +33,7 @@ class FileHandler final : public Handler {
     std::filesystem::path path_;
     std::mutex mutex_;
     int fd_ = -1;
+    std::atomic<int> pending_fd_{-1};  // reopened while a write held mutex_; the next one takes it
 };
 
 }  // namespace sigsci
