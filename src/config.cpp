@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "sigsci/config_reader.hpp"
@@ -21,6 +20,7 @@ namespace sigsci {
 namespace {
 
 constexpr std::uint64_t max_key_file_bytes = 64 * 1024;
+constexpr std::uint64_t max_config_file_bytes = 4 * 1024 * 1024;
 
 bool is_ip_literal(const std::string& host, bool v6) {
     unsigned char buf[16];
@@ -369,15 +369,25 @@ unsigned Config::effective_threads() const {
     return std::max(1u, std::thread::hardware_concurrency());
 }
 
+namespace {
+// Reads `in` to its end into `out`; false as soon as it holds more than `limit` bytes (a path
+// given by mistake: a log, a device such as /dev/zero).
+bool read_at_most(std::ifstream& in, std::string& out, std::uint64_t limit) {
+    char buf[4096];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+        out.append(buf, static_cast<std::size_t>(in.gcount()));
+        if (out.size() > limit) return false;
+    }
+    return true;
+}
+}  // namespace
+
 Result<std::string> read_key_file(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) return Error{"cannot read " + path.string() + ": " + std::strerror(errno)};
     std::string key;
-    char buf[4096];
-    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-        key.append(buf, static_cast<std::size_t>(in.gcount()));
-        if (key.size() > max_key_file_bytes)
-            return Error{path.string() + " is too large for a key"};
+    if (!read_at_most(in, key, max_key_file_bytes)) {
+        return Error{path.string() + " is too large for a key"};
     }
     while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
     if (key.empty()) return Error{path.string() + " holds an empty key"};
@@ -449,11 +459,13 @@ Result<Config> parse_config(std::string_view text, const std::string& origin,
 Result<Config> load_config(const std::filesystem::path& file) {
     std::ifstream in(file, std::ios::binary);
     if (!in) return Error{file.string() + ": cannot read: " + std::strerror(errno)};
-    std::ostringstream text;
-    text << in.rdbuf();
+    std::string text;
+    if (!read_at_most(in, text, max_config_file_bytes)) {
+        return Error{file.string() + ": larger than 4 MiB; is it the config file?"};
+    }
     auto base = file.parent_path();
     if (base.empty()) base = ".";
-    return parse_config(text.str(), file.string(), base);
+    return parse_config(text, file.string(), base);
 }
 
 }  // namespace sigsci

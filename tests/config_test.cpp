@@ -374,6 +374,13 @@ TEST(Config, RetryDelaysGrowExponentiallyWithJitterUpToTheCap) {
     EXPECT_EQ(p.delay_after(60, 0.0).count(), 500);  // no overflow far out
 }
 
+// A path given by mistake (a device, a big log) is refused after 4 MiB, not read for ever.
+TEST(Config, LoadConfigRefusesAFileThatNeverEnds) {
+    auto r = load_config("/dev/zero");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), "/dev/zero: larger than 4 MiB; is it the config file?");
+}
+
 TEST(Config, LoadConfigNamesAMissingFile) {
     auto r = load_config("/nonexistent/sigsci.json");
     ASSERT_FALSE(r);
