@@ -39,8 +39,9 @@ class Daemon:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        with self.proc.stdout:
+            for raw in self.proc.stdout:
+                self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
         self.lines.put(None)
 
     def wait_for(self, predicate, timeout=15):
@@ -258,7 +259,8 @@ class ShippedExample(unittest.TestCase):
                 port = int(daemon.wait_for(lambda r: r["msg"] == "listening")["address"].rsplit(":", 1)[1])
                 with open(os.path.join(SAMPLES, "flag.json"), "rb") as f:
                     body = f.read()
-                key = open(os.path.join(d, "demo.key")).read().rstrip("\n")
+                with open(os.path.join(d, "demo.key")) as f:
+                    key = f.read().rstrip("\n")
                 status, answer = post(port, "/sigsci/demo", body, sign(key, body))
                 self.assertEqual(status, 200)
                 record = daemon.wait_for(lambda r: r["msg"] == "delivery" and r["handler"] == "block-ip")
