@@ -108,12 +108,11 @@ struct Daemon::Impl {
     std::vector<std::thread> io_threads;
     std::mutex reload_mutex;  // one reload at a time
     bool started = false;
-    bool stopped = false;
 
     // Guards what follows. A reload applies its config and shutdown begins one after the other,
     // so that shutdown sees every handler that can still be delivering.
     std::mutex state_mutex;
-    bool stopping = false;
+    bool stopping = false;                        // shutdown() has begun
     std::vector<std::weak_ptr<Handler>> retired;  // handlers a reload replaced, while they live
     // SIGHUP's reloads run on a thread of their own (run_until_signalled), off the thread that
     // handles signals: a reload stuck on a hung file (open() on a hung mount) must not keep
@@ -312,10 +311,10 @@ bool Daemon::Impl::reload_locked(Result<Config> next) {
 }
 
 void Daemon::shutdown() {
-    if (!impl_->started || impl_->stopped) return;
-    impl_->stopped = true;
+    if (!impl_->started) return;
     {
         std::lock_guard lock(impl_->state_mutex);
+        if (impl_->stopping) return;
         impl_->stopping = true;  // no reload applies from here on, and none starts
         impl_->reload_cv.notify_all();
     }
