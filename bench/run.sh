@@ -174,10 +174,9 @@ backlog() {  # sigsci-webhookd's deliveries not yet done, from its /metrics
     curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^sigsci_webhookd_spool_backlog /{print $2}'
 }
 # After the load, waits (at most 60 s) until every accepted event's delivery is done and prints
-# how long that took. Under a load the delivery thread cannot keep up with (it yields the core
-# to the I/O thread and the writer), deliveries beyond the 1,024 that run from memory wait in
-# the spool, and a stop leaves those for the next start: durable, but not yet in the file that
-# the check reads. So the check waits for them, and the CPU time includes catching up.
+# how long that took, so that the CPU time includes catching up. Under a load the delivery
+# thread cannot keep up with (it yields the core to the I/O thread and the writer), deliveries
+# beyond the 1,024 that run from memory wait in the spool for the poller.
 wait_delivered() {
     local start n=0
     start=$(date +%s.%N)

@@ -164,6 +164,14 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // (they have no row the poller could find).
     std::set<Claim> claims;
     std::size_t running_from_memory = 0;
+    // stop() has begun: submit() refuses new events, but until `stopping` deliveries still
+    // start, those the poller finds due in the spool included (events beyond max_in_flight), so
+    // that the drain period delivers what is due rather than leave it for the next start.
+    bool draining = false;
+    bool drain_poll_wanted = false;   // stop() asks the poller for a pass now
+    std::uint64_t passes = 0;         // poller passes begun
+    std::uint64_t finished_pass = 0;  // the latest pass ended
+    std::uint64_t clear_pass = 0;     // the latest pass that found nothing due left to start
     bool stopping = false;
     // Stopped with a delivery that never returned (a hung handler): the writer commits what it
     // has and ends without waiting for it.
@@ -211,6 +219,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             {
                 std::unique_lock lock(mutex);
                 writer_waiting = true;
+                if (draining) idle_cv.notify_all();  // stop() waits for the writer to be idle
                 writer_cv.wait_until(lock, next_prune, [&] {
                     return !stores.empty() || !outcomes.empty() || (stopping && done_running());
                 });
@@ -535,13 +544,17 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         auto next_stats_log = Clock::now() + stats_log_interval;
         // The first pass runs at once: whatever a previous run left pending resumes now.
         for (bool first = true;; first = false) {
-            if (!first) {
+            std::uint64_t pass = 0;
+            if (first) {
+                std::lock_guard lock(mutex);
+                pass = ++passes;
+            } else {
                 std::unique_lock lock(mutex);
-                // Wake for the next poll, a retry falling due, a freed slot, or stop; whichever
-                // comes first. Polling also finds what the CLI made pending.
+                // Wake for the next poll, a retry falling due, a freed slot, the drain, or stop;
+                // whichever comes first. Polling also finds what the CLI made pending.
                 const auto wake = [&] {
-                    return stopping || (starved && running() < max_in_flight) ||
-                           next_retry_ms <= now_unix_ms();
+                    return stopping || drain_poll_wanted ||
+                           (starved && running() < max_in_flight) || next_retry_ms <= now_unix_ms();
                 };
                 const auto poll_at = Clock::now() + poll_interval;
                 while (!wake() && Clock::now() < poll_at) {
@@ -554,10 +567,13 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 }
                 if (stopping) break;
                 starved = false;
+                drain_poll_wanted = false;
+                pass = ++passes;
                 if (next_retry_ms <= now_unix_ms()) next_retry_ms = INT64_MAX;
             }
+            bool found = true;  // unless the pass says otherwise
             try {
-                dispatch_due();
+                found = dispatch_due();
                 if (Clock::now() >= next_stats) {
                     refresh_stats(Clock::now() >= next_stats_log);
                     if (Clock::now() >= next_stats_log)
@@ -567,6 +583,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             } catch (const SpoolError& e) {
                 log::error("spool read failed", {{"error", e.what()}});
             }
+            std::lock_guard lock(mutex);
+            finished_pass = pass;
+            if (!found) clear_pass = pass;
+            if (draining) idle_cv.notify_all();
         }
     }
 
@@ -583,7 +603,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
     }
 
-    void dispatch_due() {
+    // Starts the deliveries that are due, up to max_in_flight running. True when it started one
+    // or left one due for want of a free slot.
+    bool dispatch_due() {
         std::size_t free;
         std::size_t claimed;
         {
@@ -591,19 +613,21 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             claimed = running();
             free = claimed < max_in_flight ? max_in_flight - claimed : 0;
         }
-        if (free == 0) return;
+        if (free == 0) return true;
+        bool found = false;
         // Claimed rows are still pending in the spool, so ask for enough to see past them.
         for (const auto& row : reader_db->due(now_unix_ms(), free + claimed)) {
             if (free == 0) {
                 std::lock_guard lock(mutex);
                 starved = true;
-                break;
+                return true;
             }
             {
                 std::lock_guard lock(mutex);
                 if (stopping || !claims.insert({row.event_id, row.handler}).second) continue;
             }
             --free;
+            found = true;
             // The due() snapshot may predate an outcome committed since; the claim came after
             // that commit released its own, so a fresh read tells whether the row is still due.
             const auto stored =
@@ -635,6 +659,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             }
             start_delivery(event, row.seq, handler, row.attempts + 1, false);
         }
+        return found;
     }
 };
 
@@ -681,7 +706,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     r.handlers = std::move(handlers);
     r.done = std::move(done);
     std::unique_lock lock(impl_->mutex);
-    if (impl_->stopping) {
+    if (impl_->draining) {
         lock.unlock();
         r.done({SubmitResult::Status::overloaded, event->id, "shutting down"});
         return;
@@ -733,11 +758,29 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
     const auto drained = [&] { return impl_->running() == 0 && impl_->outcomes.empty(); };
     {
         std::unique_lock lock(impl_->mutex);
-        if (impl_->stopping) return;
+        if (impl_->draining) return;
+        impl_->draining = true;
+        // The drain period delivers what is due: the events accepted until now are committed,
+        // then the poller looks again; once a look that began after the last commit finds
+        // nothing due left to start and nothing runs, the drain is done. Retries waiting for a
+        // later time, and whatever the period does not reach, resume at the next start.
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        const auto idle = [&] {
+            return drained() && impl_->stores.empty() && impl_->writer_waiting;
+        };
+        bool done = false;
+        while (!done && impl_->idle_cv.wait_until(lock, deadline, idle)) {
+            const auto seen = impl_->passes;
+            impl_->drain_poll_wanted = true;
+            impl_->poller_cv.notify_all();
+            if (!impl_->idle_cv.wait_until(lock, deadline,
+                                           [&] { return impl_->finished_pass > seen; }))
+                break;
+            done = impl_->clear_pass > seen;  // else it started more: wait for them, look again
+        }
         impl_->stopping = true;
         impl_->poller_cv.notify_all();
-        // Deliveries in flight get the drain period; what remains pending resumes at next start.
-        if (!impl_->idle_cv.wait_for(lock, timeout, drained) && on_timeout) {
+        if (!done && !drained() && on_timeout) {
             log::warn("drain timeout: ending running deliveries",
                       {{"deliveries", impl_->running()}});
             lock.unlock();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 
 #include <sqlite3.h>
@@ -552,6 +553,79 @@ TEST_F(SpoolSinkTest, StopIsBoundedWhenADeliveryNeverReportsAndItStaysPending) {
     }));
     sink.reset();
     EXPECT_EQ(open_sqlite_spool(config.path)->stats().pending, 1u);
+}
+
+// Holds every delivery until opened; counts them.
+class GatedHandler final : public Handler {
+  public:
+    GatedHandler() : Handler("gated") {}
+    void deliver(const EventPtr&, DeliveryDone done) override {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [&] { return open_; });
+        ++delivered_;
+        lock.unlock();
+        done({});
+    }
+    void open() {
+        std::lock_guard lock(mutex_);
+        open_ = true;
+        cv_.notify_all();
+    }
+    int delivered() {
+        std::lock_guard lock(mutex_);
+        return delivered_;
+    }
+
+  private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    bool open_ = false;
+    int delivered_ = 0;
+};
+
+// Events beyond the 1,024 deliveries that run from memory wait in the spool for the poller.
+// The drain delivers those too, rather than leave them for the next start.
+TEST_F(SpoolSinkTest, TheDrainDeliversWhatWaitsInTheSpoolToo) {
+    auto gated = std::make_shared<GatedHandler>();
+    add(gated);
+    start();
+    const int events = 1030;
+    std::mutex m;
+    std::condition_variable cv;
+    int accepted = 0;
+    int answered = 0;
+    const auto body = test::sample("flag");
+    // In rounds, so that no more wait for a commit than the sink takes (1,000 here).
+    for (int i = 0; i < events; ++i) {
+        const auto numbered = test::numbered(body, i);
+        auto env = parse_envelope(numbered);
+        ASSERT_TRUE(env);
+        sink->submit(
+            make_event("/hook", numbered, std::move(env).value(), std::chrono::system_clock::now()),
+            {gated}, [&](SubmitResult r) {
+                std::lock_guard lock(m);
+                accepted += r.status == SubmitResult::Status::accepted;
+                ++answered;
+                cv.notify_all();
+            });
+        if ((i + 1) % 500 == 0 || i + 1 == events) {
+            std::unique_lock lock(m);
+            ASSERT_TRUE(
+                cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered == i + 1; }));
+        }
+    }
+    ASSERT_EQ(accepted, events);
+    auto stopped = std::async(std::launch::async, [&] { sink->stop(std::chrono::seconds(20)); });
+    // Once the drain has begun, new events are refused; then let the deliveries through.
+    int probes = 0;
+    while (submit(test::numbered(body, events + probes), {gated}).status ==
+           SubmitResult::Status::accepted)
+        ++probes;
+    gated->open();
+    ASSERT_EQ(stopped.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    EXPECT_EQ(gated->delivered(), events + probes);
+    sink.reset();
+    EXPECT_EQ(open_sqlite_spool(config.path)->stats().pending, 0u);
 }
 
 TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {
