@@ -389,8 +389,10 @@ class HungHandler(unittest.TestCase):
                 def complete(r):
                     if r["msg"] != "delivery" or r["handler"] != "stuck":
                         return False
+                    # Whole lines only: the daemon may be appending the next batch as we read.
                     with open(stuck) as f:
-                        return through_pipe | {json.loads(line)["id"] for line in f} >= ids
+                        lines = f.read().split("\n")[:-1]
+                    return through_pipe | {json.loads(line)["id"] for line in lines} >= ids
                 daemon.wait_for(complete)
                 daemon.proc.send_signal(signal.SIGTERM)
                 self.assertEqual(daemon.proc.wait(timeout=30), 0)
