@@ -55,15 +55,23 @@ class Daemon:
             if predicate(record):
                 return record
 
-    def stop(self):
-        if self.proc.poll() is None:
-            # Still running: the test failed or gave up on it. Its log says why.
+    def exit_code(self, timeout=30):
+        """Waits for the daemon to exit; if it does not within `timeout` s, kills it and fails
+        with its log, so that a hang can be read."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=30)
             rest = []
             while (line := self.lines.get(timeout=30)) is not None:
                 rest.append(line)
-            print("daemon killed; its log:\n" + "\n".join(self.seen + rest), file=sys.stderr)
+            raise AssertionError("daemon still running %d s later; its log:\n%s"
+                                 % (timeout, "\n".join(self.seen + rest))) from None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait(timeout=30)
 
 
@@ -215,7 +223,7 @@ class Running(unittest.TestCase):
 
         self.daemon.proc.send_signal(signal.SIGTERM)
         self.daemon.wait_for(lambda r: r["msg"] == "stopped")
-        self.assertEqual(self.daemon.proc.wait(timeout=30), 0)
+        self.assertEqual(self.daemon.exit_code(), 0)
         with open(self.path("events.jsonl")) as f:
             records = [json.loads(line) for line in f]
         self.assertEqual(len(records), 3)
@@ -230,7 +238,7 @@ class Running(unittest.TestCase):
         post(port, "/hook", body, sign("wrong", body))
         self.daemon.proc.send_signal(signal.SIGTERM)
         self.daemon.wait_for(lambda r: r["msg"] == "stopped")
-        self.assertEqual(self.daemon.proc.wait(timeout=30), 0)
+        self.assertEqual(self.daemon.exit_code(), 0)
         self.assertFalse(any("first-key" in line for line in self.daemon.seen))
 
     def test_port_in_use_exits_1(self):
@@ -269,7 +277,7 @@ class ShippedExample(unittest.TestCase):
                 with open(os.path.join(d, "flagged-ips.txt")) as f:
                     self.assertEqual(f.read().split()[:2], ["198.51.100.23", answer["id"]])
                 daemon.proc.send_signal(signal.SIGTERM)
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+                self.assertEqual(daemon.exit_code(), 0)
             finally:
                 daemon.stop()
 
@@ -300,7 +308,7 @@ class ExecDrain(unittest.TestCase):
             record = daemon.wait_for(lambda r: r["msg"] == "delivery")
             self.assertEqual(record["status"], "failed")
             self.assertIn("stopped at shutdown", record["error"])
-            self.assertEqual(daemon.proc.wait(timeout=30), 0)
+            self.assertEqual(daemon.exit_code(), 0)
         finally:
             daemon.stop()
         return config, fifo, answer["id"]
@@ -314,7 +322,7 @@ class ExecDrain(unittest.TestCase):
                 with open(fifo) as f:
                     self.assertEqual(f.read().strip(), event_id)
                 daemon.proc.send_signal(signal.SIGTERM)
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+                self.assertEqual(daemon.exit_code(), 0)
             finally:
                 daemon.stop()
 
@@ -366,7 +374,7 @@ class HungHandler(unittest.TestCase):
                     self.assertEqual({json.loads(line)["id"] for line in f}, ids)
                 daemon.proc.send_signal(signal.SIGTERM)
                 daemon.wait_for(lambda r: r["msg"] == "a delivery never returned; stopping without it")
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+                self.assertEqual(daemon.exit_code(), 0)
             finally:
                 daemon.stop()
             # What reached the pipe, whole lines only (the blocked write may have left part of one).
@@ -395,7 +403,7 @@ class HungHandler(unittest.TestCase):
                     return through_pipe | {json.loads(line)["id"] for line in lines} >= ids
                 daemon.wait_for(complete)
                 daemon.proc.send_signal(signal.SIGTERM)
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+                self.assertEqual(daemon.exit_code(), 0)
             finally:
                 daemon.stop()
 
@@ -420,7 +428,7 @@ class HungHandler(unittest.TestCase):
                 daemon.proc.send_signal(signal.SIGTERM)
                 daemon.wait_for(lambda r: r["msg"] == "stopping")
                 daemon.wait_for(lambda r: r["msg"] == "a reload never finished; stopping without it")
-                self.assertEqual(daemon.proc.wait(timeout=30), 0)
+                self.assertEqual(daemon.exit_code(), 0)
             finally:
                 daemon.stop()
 
