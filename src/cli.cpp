@@ -35,10 +35,7 @@ int run_daemon(const std::string& config_file) {
     // SIGTERM, SIGINT and SIGHUP wait (blocked) until run_until_signalled() has its handler in
     // place: opening the spool already resumes deliveries, and a SIGTERM in that window must
     // drain, not kill. Threads started meanwhile inherit the mask, so the main thread takes them.
-    sigset_t shutdown_signals;
-    sigemptyset(&shutdown_signals);
-    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&shutdown_signals, s);
-    pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
+    Daemon::block_signals();
     try {
         Daemon daemon(std::move(config).value());
         daemon.run_until_signalled();

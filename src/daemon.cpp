@@ -34,6 +34,14 @@ void log_warnings(const Config& config) {
     for (const auto& w : config.warnings) log::warn("config warning", {{"warning", w}});
 }
 
+// The signals run_until_signalled() handles.
+sigset_t handled_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, s);
+    return set;
+}
+
 bool same_listeners(const Config& a, const Config& b) {
     if (a.listen.size() != b.listen.size() || a.threads != b.threads) return false;
     if (!(a.admin == b.admin)) return false;
@@ -347,6 +355,11 @@ void Daemon::shutdown() {
     log::info("stopped");
 }
 
+void Daemon::block_signals() {
+    const auto handled = handled_signals();
+    pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+}
+
 void Daemon::run_until_signalled() {
     std::mutex mutex;
     std::condition_variable cv;
@@ -365,15 +378,13 @@ void Daemon::run_until_signalled() {
     signals.async_wait(on_signal);
     // The threads started here inherit the signals blocked, so that only this thread takes
     // them. run_daemon() has them blocked already (see cli.cpp); other callers get the same.
-    sigset_t shutdown_signals;
-    sigemptyset(&shutdown_signals);
-    for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&shutdown_signals, s);
-    pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
+    block_signals();
     start();
     impl_->reloader = std::thread([impl = impl_] { impl->reload_loop(); });
     name_thread(impl_->reloader, "sigsci-reload");
     // The handler is in place and every thread started: let the signals held back through.
-    pthread_sigmask(SIG_UNBLOCK, &shutdown_signals, nullptr);
+    const auto handled = handled_signals();
+    pthread_sigmask(SIG_UNBLOCK, &handled, nullptr);
     for (;;) {
         int signo = 0;
         {

@@ -38,6 +38,9 @@ class Daemon {
     // start(), then serve until SIGTERM or SIGINT, then shutdown(). SIGHUP's reloads run on a
     // thread of their own, so that one stuck on a hung file cannot hold up SIGTERM.
     void run_until_signalled();
+    // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads it starts from
+    // then on) until run_until_signalled() has its handler in place and lets them through.
+    static void block_signals();
 
     // For tests and tools: block until no delivery is in flight.
     bool wait_deliveries_idle(std::chrono::milliseconds timeout);
