@@ -29,7 +29,9 @@ using Clock = std::chrono::system_clock;
 
 // Deliveries running at once; beyond it, accepted events wait in the spool for the poller.
 constexpr std::size_t max_in_flight = 1024;
-constexpr auto poll_interval = std::chrono::milliseconds(250);
+// A poller that filled every free slot looks again once this many are free, so that catching up
+// on a backlog starts deliveries by the hundred rather than one pass per freed slot.
+constexpr std::size_t refill_slots = max_in_flight / 8;
 constexpr auto stats_interval = std::chrono::seconds(2);
 constexpr auto prune_interval = std::chrono::seconds(60);
 constexpr auto stats_log_interval = std::chrono::seconds(60);
@@ -133,7 +135,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     };
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
-    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m)
+    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m,
+         std::chrono::milliseconds poll)
         : config(std::move(c)),
           writer_db(open_sqlite_spool(
               config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
@@ -142,6 +145,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
           max_pending_events(max_pending),
           lookup(std::move(l)),
           metrics(m),
+          poll_interval(poll),
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
@@ -152,6 +156,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::uint64_t max_pending_events;
     HandlerLookup lookup;
     Metrics* const metrics;  // may be null
+    const std::chrono::milliseconds poll_interval;
 
     mutable std::mutex mutex;
     std::condition_variable writer_cv;
@@ -177,7 +182,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // has and ends without waiting for it.
     bool abandoned = false;
     bool writer_waiting = false;  // wake it only then: a busy writer takes the queue anyway
-    bool starved = false;         // the last poll filled every free slot: wake it when one frees
+    // Due deliveries wait in the spool for free slots (a poller pass filled them all, or events
+    // beyond max_in_flight were stored with rows): wake the poller when some free up.
+    bool starved = false;
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
     std::uint64_t commits = 0;
     std::mt19937_64 rng;  // guarded by mutex
@@ -365,6 +372,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             stopping_now = stopping;
         }
         std::vector<bool> answered(batch.size(), false);
+        bool spooled = false;  // stored with delivery rows: the poller's to start
         std::map<const Handler*, DeliveryGroup> by_handler;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             auto& r = batch[i];
@@ -384,6 +392,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             }
             // Start (or hand back) the deliveries before answering: the answer may be what a
             // shutdown waits for, and a started delivery is one the drain then waits for.
+            if (!r.fast && !r.handlers.empty()) spooled = true;
             if (r.fast) {
                 // Outstanding until its outcome is committed; one handed back stays so, which
                 // holds the mark below it until the next start gives it a row.
@@ -408,6 +417,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         std::lock_guard lock(mutex);
         ++commits;
+        if (spooled) {
+            // They wait for free slots, as a pass that filled every slot leaves its rest.
+            starved = true;
+            if (running() + refill_slots <= max_in_flight) poller_cv.notify_all();
+        }
         idle_cv.notify_all();
     }
 
@@ -442,9 +456,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 earlier_retry = true;
             }
         }
-        // Waking the poller costs a query; only a freed slot it waits for or a sooner retry is
-        // worth it.
-        if (starved || earlier_retry) poller_cv.notify_all();
+        // Waking the poller costs a query; only the free slots it waits for or a sooner retry
+        // are worth it.
+        if ((starved && running() + refill_slots <= max_in_flight) || earlier_retry)
+            poller_cv.notify_all();
         idle_cv.notify_all();
         writer_cv.notify_all();
     }
@@ -554,7 +569,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 // whichever comes first. Polling also finds what the CLI made pending.
                 const auto wake = [&] {
                     return stopping || drain_poll_wanted ||
-                           (starved && running() < max_in_flight) || next_retry_ms <= now_unix_ms();
+                           (starved && running() + refill_slots <= max_in_flight) ||
+                           next_retry_ms <= now_unix_ms();
                 };
                 const auto poll_at = Clock::now() + poll_interval;
                 while (!wake() && Clock::now() < poll_at) {
@@ -630,8 +646,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             found = true;
             // The due() snapshot may predate an outcome committed since; the claim came after
             // that commit released its own, so a fresh read tells whether the row is still due.
-            const auto stored =
-                reader_db->still_due(row, now_unix_ms()) ? reader_db->load(row.seq) : std::nullopt;
+            const auto stored = reader_db->load_if_due(row, now_unix_ms());
             if (!stored) {
                 std::lock_guard lock(mutex);
                 claims.erase({row.event_id, row.handler});
@@ -659,14 +674,19 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             }
             start_delivery(event, row.seq, handler, row.attempts + 1, false);
         }
+        if (free == 0) {  // every slot taken: more may be due than this pass asked for
+            std::lock_guard lock(mutex);
+            starved = true;
+        }
         return found;
     }
 };
 
 SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
-                     std::uint64_t max_pending_events, HandlerLookup lookup, Metrics* metrics)
+                     std::uint64_t max_pending_events, HandlerLookup lookup, Metrics* metrics,
+                     std::chrono::milliseconds poll_interval)
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
-                                   std::move(lookup), metrics)) {
+                                   std::move(lookup), metrics, poll_interval)) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {
@@ -745,7 +765,7 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
         std::unique_lock lock(impl_->mutex);
         const auto seen = impl_->commits;
         if (!impl_->idle_cv.wait_until(
-                lock, std::min(deadline, std::chrono::steady_clock::now() + poll_interval),
+                lock, std::min(deadline, std::chrono::steady_clock::now() + impl_->poll_interval),
                 [&] { return impl_->commits != seen; }) &&
             std::chrono::steady_clock::now() >= deadline) {
             return false;

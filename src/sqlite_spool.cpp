@@ -235,17 +235,17 @@ class SqliteSpool final : public Spool {
         return out;
     }
 
-    bool still_due(const DueDelivery& d, std::int64_t now_ms) override {
+    std::optional<StoredEvent> load_if_due(const DueDelivery& d, std::int64_t now_ms) override {
+        // One statement, so one snapshot and one read transaction per delivery the poller starts.
         auto& s = stmt(
-            "SELECT 1 FROM deliveries WHERE event_seq = ? AND handler = ? AND state = 'pending' "
-            "AND attempts = ? AND next_attempt_ms <= ?");
+            "SELECT e.seq, e.id, e.received_at, e.received_ms, e.endpoint, e.type, e.body FROM "
+            "deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.event_seq = ? AND "
+            "d.handler = ? AND d.state = 'pending' AND d.attempts = ? AND d.next_attempt_ms <= ?");
         bind(s, 1, d.seq);
         bind(s, 2, d.handler);
         bind(s, 3, static_cast<std::int64_t>(d.attempts));
         bind(s, 4, now_ms);
-        const bool due = step(s);
-        sqlite3_reset(s.get());
-        return due;
+        return read_event(s);
     }
 
     std::optional<StoredEvent> load(std::int64_t seq) override {

@@ -158,20 +158,28 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
     EXPECT_EQ(spool->due(60000, 10).size(), 2u);
 }
 
-// The poller's due() list can be stale by the time it claims a row; still_due() is the re-check
-// that keeps a delivery that just finished from running again.
-TEST_F(SqliteSpoolTest, StillDueTurnsFalseOnceAnOutcomeIsCommitted) {
+// The poller's due() list can be stale by the time it claims a row; load_if_due() is the
+// re-check that keeps a delivery that just finished from running again.
+TEST_F(SqliteSpoolTest, LoadIfDueFindsNothingOnceAnOutcomeIsCommitted) {
     const auto seq = store({new_event("e1", test::sample("flag"), 1000, {"a", "b"})})[0].seq;
     const auto listed = spool->due(2000, 10);
     ASSERT_EQ(listed.size(), 2u);
+    const auto before = spool->load_if_due(listed[0], 2000);
+    ASSERT_TRUE(before.has_value());
+    EXPECT_EQ(before->id, "e1");
+    EXPECT_EQ(before->seq, seq);
+    EXPECT_EQ(before->body, test::sample("flag"));
     const std::vector<DeliveryUpdate> ups = {{seq, "a", DeliveryState::delivered, 1, 0, ""},
                                              {seq, "b", DeliveryState::pending, 1, 1500, "retry"}};
     spool->commit({}, ups);
-    for (const auto& d : listed) EXPECT_FALSE(spool->still_due(d, 2000)) << d.handler;
-    // b's retry is due again, now at attempt 1.
+    for (const auto& d : listed) EXPECT_FALSE(spool->load_if_due(d, 2000)) << d.handler;
+    // b's retry is due again, now at attempt 1, but not before its time.
     const auto again = spool->due(2000, 10);
     ASSERT_EQ(again.size(), 1u);
-    EXPECT_TRUE(spool->still_due(again[0], 2000));
+    EXPECT_FALSE(spool->load_if_due(again[0], 1499));
+    const auto retried = spool->load_if_due(again[0], 2000);
+    ASSERT_TRUE(retried.has_value());
+    EXPECT_EQ(retried->id, "e1");
 }
 
 TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
@@ -441,12 +449,14 @@ class SpoolSinkTest : public ::testing::Test {
     }
 
     void start() {
-        sink = std::make_unique<SpoolSink>(config, 2, 1000,
-                                           [this](const std::string& name) -> HandlerPtr {
-                                               std::lock_guard lock(handlers_mutex);
-                                               const auto it = handlers.find(name);
-                                               return it == handlers.end() ? nullptr : it->second;
-                                           });
+        sink = std::make_unique<SpoolSink>(
+            config, 2, 1000,
+            [this](const std::string& name) -> HandlerPtr {
+                std::lock_guard lock(handlers_mutex);
+                const auto it = handlers.find(name);
+                return it == handlers.end() ? nullptr : it->second;
+            },
+            nullptr, poll_interval);
     }
 
     void add(const HandlerPtr& h) {
@@ -483,6 +493,7 @@ class SpoolSinkTest : public ::testing::Test {
 
     test::TempDir dir;
     SpoolConfig config;
+    std::chrono::milliseconds poll_interval = SpoolSink::default_poll_interval;
     std::shared_ptr<test::MemorySink> logs;
     std::mutex handlers_mutex;
     std::map<std::string, HandlerPtr> handlers;
@@ -626,6 +637,52 @@ TEST_F(SpoolSinkTest, TheDrainDeliversWhatWaitsInTheSpoolToo) {
     EXPECT_EQ(gated->delivered(), events + probes);
     sink.reset();
     EXPECT_EQ(open_sqlite_spool(config.path)->stats().pending, 0u);
+}
+
+// Catching up on more due deliveries than may run at once: once a poller pass has filled every
+// slot, the next starts as soon as some free up, not at the next poll. With the poll an hour
+// away, a poller that waited for it would deliver the first 1,024 of these and no more.
+TEST_F(SpoolSinkTest, ABacklogBeyondTheSlotsIsDeliveredWithoutWaitingForThePoll) {
+    const int backlog = 2500;
+    {
+        auto spool = open_sqlite_spool(config.path);
+        std::vector<NewEvent> events;
+        for (int i = 0; i < backlog; ++i) {
+            events.push_back(new_event("left-" + std::to_string(i),
+                                       test::numbered(test::sample("flag"), i), now_unix_ms(),
+                                       {"h"}));
+        }
+        spool->commit(events, {});
+    }
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    poll_interval = std::chrono::hours(1);
+    start();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    auto calls = h->calls();
+    EXPECT_EQ(calls.size(), static_cast<std::size_t>(backlog));
+    std::sort(calls.begin(), calls.end());
+    EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+}
+
+// Events accepted while every slot is taken are stored with rows for the poller; it starts them
+// once slots free up, not at its next poll (an hour away here).
+TEST_F(SpoolSinkTest, EventsBeyondTheSlotsAreDeliveredOnceSlotsFreeUp) {
+    auto gated = std::make_shared<GatedHandler>();
+    add(gated);
+    poll_interval = std::chrono::hours(1);
+    start();
+    const int events = 1100;
+    const auto body = test::sample("flag");
+    for (int i = 0; i < events; ++i) {
+        ASSERT_EQ(submit(test::numbered(body, i), {gated}).status, SubmitResult::Status::accepted);
+    }
+    // 1,024 run from memory; the rest have rows.
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"),
+              events - 1024);
+    gated->open();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    EXPECT_EQ(gated->delivered(), events);
 }
 
 TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {

@@ -137,8 +137,10 @@ class Spool {
 
     // Pending deliveries whose next attempt is due, oldest first.
     virtual std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) = 0;
-    // Whether the delivery is still pending, due, and at `attempts` (read in a fresh snapshot).
-    virtual bool still_due(const DueDelivery& delivery, std::int64_t now_ms) = 0;
+    // The delivery's event if the delivery is still pending, due, and at `attempts`, read in a
+    // fresh snapshot: due()'s list may predate an outcome committed since.
+    virtual std::optional<StoredEvent> load_if_due(const DueDelivery& delivery,
+                                                   std::int64_t now_ms) = 0;
     virtual std::optional<StoredEvent> load(std::int64_t seq) = 0;
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
     // Full counts (scans the spool: for operators).

@@ -17,10 +17,15 @@ class SpoolSink final : public EventSink {
   public:
     using HandlerLookup = std::function<HandlerPtr(const std::string& name)>;
 
+    // How often the poller looks in the spool for what came due (retries, what `spool retry`
+    // made pending) when nothing wakes it sooner.
+    static constexpr std::chrono::milliseconds default_poll_interval{250};
+
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
     // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
     SpoolSink(SpoolConfig config, unsigned delivery_threads, std::uint64_t max_pending_events,
-              HandlerLookup lookup, Metrics* metrics = nullptr);
+              HandlerLookup lookup, Metrics* metrics = nullptr,
+              std::chrono::milliseconds poll_interval = default_poll_interval);
     ~SpoolSink() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
