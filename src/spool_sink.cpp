@@ -355,11 +355,19 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         return out;
     }
 
-    // Deliveries of one handler started together (one pool job).
+    // Deliveries of one handler started together (one pool job): a commit's first attempts,
+    // run from memory, or what one poller pass found due.
     struct DeliveryGroup {
         HandlerPtr handler;
+        bool in_memory = true;
         std::vector<EventPtr> events;
         std::vector<std::int64_t> seqs;
+        std::vector<int> attempts;
+        void add(EventPtr event, std::int64_t seq, int attempt) {
+            events.push_back(std::move(event));
+            seqs.push_back(seq);
+            attempts.push_back(attempt);
+        }
     };
 
     void finish_stores(std::vector<StoreRequest>& batch, const std::vector<Decision>& decisions,
@@ -403,8 +411,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                     for (const auto& h : r.handlers) {
                         auto& group = by_handler[h.get()];
                         if (!group.handler) group.handler = h;
-                        group.events.push_back(r.event);
-                        group.seqs.push_back(d.seq);
+                        group.add(r.event, d.seq, 1);
                     }
                 }
             }
@@ -493,7 +500,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // Deliveries of events just stored with deliveries_in_memory.
     void start_deliveries(DeliveryGroup group) {
         if (group.events.size() == 1) {
-            start_delivery(group.events.front(), group.seqs.front(), group.handler, 1, true);
+            start_delivery(group.events.front(), group.seqs.front(), group.handler,
+                           group.attempts.front(), group.in_memory);
             return;
         }
         auto self = shared_from_this();
@@ -504,8 +512,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         pool.run_batch(std::move(events), std::move(handler),
                        [self, group = std::move(group), name](std::size_t i,
                                                               DeliveryOutcome outcome, double ms) {
-                           self->record_outcome(group.events[i], group.seqs[i], name, 1,
-                                                std::move(outcome), ms, true);
+                           self->record_outcome(group.events[i], group.seqs[i], name,
+                                                group.attempts[i], std::move(outcome), ms,
+                                                group.in_memory);
                        });
     }
 
@@ -629,15 +638,16 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             claimed = running();
             free = claimed < max_in_flight ? max_in_flight - claimed : 0;
         }
-        if (free == 0) return true;
+        if (free == 0) {  // every slot taken: more may be due
+            std::lock_guard lock(mutex);
+            starved = true;
+            return true;
+        }
         bool found = false;
+        std::map<const Handler*, DeliveryGroup> by_handler;
         // Claimed rows are still pending in the spool, so ask for enough to see past them.
         for (const auto& row : reader_db->due(now_unix_ms(), free + claimed)) {
-            if (free == 0) {
-                std::lock_guard lock(mutex);
-                starved = true;
-                return true;
-            }
+            if (free == 0) break;
             {
                 std::lock_guard lock(mutex);
                 if (stopping || !claims.insert({row.event_id, row.handler}).second) continue;
@@ -672,8 +682,15 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 if (writer_waiting) writer_cv.notify_one();
                 continue;
             }
-            start_delivery(event, row.seq, handler, row.attempts + 1, false);
+            auto& group = by_handler[handler.get()];
+            if (!group.handler) {
+                group.handler = handler;
+                group.in_memory = false;
+            }
+            group.add(event, row.seq, row.attempts + 1);
         }
+        // One pool job per handler for what this pass found.
+        for (auto& [raw, group] : by_handler) start_deliveries(std::move(group));
         if (free == 0) {  // every slot taken: more may be due than this pass asked for
             std::lock_guard lock(mutex);
             starved = true;

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <numeric>
 
 #include <sqlite3.h>
 
@@ -418,9 +419,20 @@ class FlakyHandler final : public Handler {
             done({});
         }
     }
+    void deliver_batch(std::span<const EventPtr> events, BatchDone done) override {
+        {
+            std::lock_guard lock(mutex_);
+            batch_sizes.push_back(events.size());
+        }
+        Handler::deliver_batch(events, std::move(done));
+    }
     std::vector<std::string> calls() {
         std::lock_guard lock(mutex_);
         return ids;
+    }
+    std::vector<std::size_t> batches() {
+        std::lock_guard lock(mutex_);
+        return batch_sizes;
     }
     void set_failures(int n) {
         std::lock_guard lock(mutex_);
@@ -431,6 +443,7 @@ class FlakyHandler final : public Handler {
     std::mutex mutex_;
     int failures_;
     std::vector<std::string> ids;
+    std::vector<std::size_t> batch_sizes;
 };
 
 class SpoolSinkTest : public ::testing::Test {
@@ -663,6 +676,12 @@ TEST_F(SpoolSinkTest, ABacklogBeyondTheSlotsIsDeliveredWithoutWaitingForThePoll)
     EXPECT_EQ(calls.size(), static_cast<std::size_t>(backlog));
     std::sort(calls.begin(), calls.end());
     EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+    // What a pass finds due goes to the handler in batches, as a commit's events do (a pass that
+    // finds a single one delivers it alone).
+    const auto batches = h->batches();
+    EXPECT_LT(batches.size(), 100u);
+    EXPECT_GT(std::accumulate(batches.begin(), batches.end(), std::size_t{0}),
+              static_cast<std::size_t>(backlog / 2));
 }
 
 // Events accepted while every slot is taken are stored with rows for the poller; it starts them
