@@ -22,9 +22,15 @@ namespace sigsci {
 
 // An io_context run by threads of our own (not asio::thread_pool, whose threads cannot be named).
 // Each handler's jobs run one at a time, in the order given: a handler that hangs (a `file` on a
-// stuck mount) then holds one thread, and the others go on serving every other handler.
+// stuck mount) then holds one thread, and the others go on serving every other handler. The jobs
+// that queued behind a handler's running one go to it as one batch when it is done.
 struct DeliveryPool::Impl {
-    using Job = std::function<void()>;
+    using BatchDone = std::function<void(std::size_t, DeliveryOutcome, double)>;
+    struct Job {
+        std::vector<EventPtr> events;
+        HandlerPtr handler;
+        BatchDone done;
+    };
 
     explicit Impl(unsigned threads)
         : thread_count(std::max(1u, threads)), pool(static_cast<int>(thread_count)) {}
@@ -67,7 +73,8 @@ struct DeliveryPool::Impl {
     // The key stays valid while it is here, since each job holds its handler.
     std::unordered_map<const Handler*, std::deque<Job>> busy;
 
-    void submit(const Handler* handler, Job job) {
+    void submit(Job job) {
+        const Handler* handler = job.handler.get();
         {
             std::lock_guard lock(mutex);
             auto [it, idle] = busy.try_emplace(handler);
@@ -77,6 +84,56 @@ struct DeliveryPool::Impl {
             }
         }
         post(handler, std::move(job));
+    }
+
+    // The jobs queued behind one as one job, up to max_batch_events (a handler that was stuck
+    // for a while does not get everything at once): their events in order, each outcome
+    // reported to the job it came from, under that job's own index.
+    static Job merge(std::deque<Job>& queued) {
+        Job first = std::move(queued.front());
+        queued.pop_front();
+        if (queued.empty() || first.events.size() >= max_batch_events) return first;
+        Job merged{{}, first.handler, {}};
+        std::vector<std::pair<std::size_t, BatchDone>> parts;  // (first index, its done)
+        const auto take = [&](Job& job) {
+            parts.emplace_back(merged.events.size(), std::move(job.done));
+            merged.events.insert(merged.events.end(), std::make_move_iterator(job.events.begin()),
+                                 std::make_move_iterator(job.events.end()));
+        };
+        take(first);
+        while (!queued.empty() &&
+               merged.events.size() + queued.front().events.size() <= max_batch_events) {
+            take(queued.front());
+            queued.pop_front();
+        }
+        merged.done = [parts = std::move(parts)](std::size_t i, DeliveryOutcome outcome,
+                                                 double ms) {
+            const auto part = std::prev(
+                std::upper_bound(parts.begin(), parts.end(), i,
+                                 [](std::size_t index, const auto& p) { return index < p.first; }));
+            part->second(i - part->first, std::move(outcome), ms);
+        };
+        return merged;
+    }
+
+    static void execute(const Job& job) {
+        const auto started = std::chrono::steady_clock::now();
+        // A handler may call back and then throw; only the first report of each event counts.
+        auto reported = std::make_shared<std::vector<std::atomic<bool>>>(job.events.size());
+        auto once = [reported, started, done = job.done](std::size_t i, DeliveryOutcome outcome) {
+            if ((*reported)[i].exchange(true)) return;
+            const double ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - started)
+                                  .count();
+            done(i, std::move(outcome), ms);
+        };
+        try {
+            job.handler->deliver_batch(job.events, once);
+        } catch (const std::exception& e) {
+            for (std::size_t i = 0; i < job.events.size(); ++i) {
+                once(i, {false, std::string("handler threw: ") + e.what()});
+            }
+        }
     }
 
     // The next job of a handler goes to the back of the pool's queue rather than running on
@@ -89,7 +146,7 @@ struct DeliveryPool::Impl {
                 count_executing(+1);
             }
             try {
-                if (run) job();
+                if (run) execute(job);
             } catch (...) {
                 after(handler, run);
                 throw;
@@ -103,7 +160,8 @@ struct DeliveryPool::Impl {
         if (stopping.load()) changed.notify_all();
     }
 
-    // A job of `handler` has run (or been dropped): start its next one, if any.
+    // A job of `handler` has run (or been dropped): start what queued behind it, if anything,
+    // as one job.
     void after(const Handler* handler, bool ran) {
         Job job;
         {
@@ -114,8 +172,7 @@ struct DeliveryPool::Impl {
                 busy.erase(it);
                 return;
             }
-            job = std::move(it->second.front());
-            it->second.pop_front();
+            job = merge(it->second);
         }
         post(handler, std::move(job));
     }
@@ -139,27 +196,7 @@ void DeliveryPool::run(EventPtr event, HandlerPtr handler,
 
 void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                              std::function<void(std::size_t, DeliveryOutcome, double)> done) {
-    const Handler* key = handler.get();
-    impl_->submit(
-        key, [events = std::move(events), handler = std::move(handler), done = std::move(done)] {
-            const auto started = std::chrono::steady_clock::now();
-            // A handler may call back and then throw; only the first report of each event counts.
-            auto reported = std::make_shared<std::vector<std::atomic<bool>>>(events.size());
-            auto once = [reported, started, done](std::size_t i, DeliveryOutcome outcome) {
-                if ((*reported)[i].exchange(true)) return;
-                const double ms = std::chrono::duration<double, std::milli>(
-                                      std::chrono::steady_clock::now() - started)
-                                      .count();
-                done(i, std::move(outcome), ms);
-            };
-            try {
-                handler->deliver_batch(events, once);
-            } catch (const std::exception& e) {
-                for (std::size_t i = 0; i < events.size(); ++i) {
-                    once(i, {false, std::string("handler threw: ") + e.what()});
-                }
-            }
-        });
+    impl_->submit({std::move(events), std::move(handler), std::move(done)});
 }
 
 void DeliveryPool::stop() {

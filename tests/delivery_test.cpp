@@ -145,5 +145,104 @@ TEST(DeliveryPool, AHandlersQueuedDeliveriesRunAfterOneThrowsAndBeforeStopReturn
               (std::vector<std::string>{"handler threw: first call", "ok", "ok", "ok", "ok"}));
 }
 
+// Reports each event's id back (in the outcome's details); its first delivery waits at `gate`;
+// records the size of every batch it is given.
+class Recording final : public Handler {
+  public:
+    explicit Recording(std::shared_future<void> gate)
+        : Handler("recording"), gate_(std::move(gate)) {}
+    void deliver_batch(std::span<const EventPtr> events, BatchDone done) override {
+        {
+            std::lock_guard lock(mutex);
+            batches.push_back(events.size());
+        }
+        Handler::deliver_batch(events, std::move(done));
+    }
+    void deliver(const EventPtr& event, DeliveryDone done) override {
+        if (!first_done_) {
+            first_done_ = true;  // one at a time: the pool runs this handler's deliveries in turn
+            gate_.wait();
+        }
+        if (event->id == throw_on) throw std::runtime_error("refused " + event->id);
+        DeliveryOutcome outcome;
+        outcome.details["id"] = event->id;
+        done(std::move(outcome));
+    }
+
+    std::string throw_on;  // set before the first delivery
+    std::mutex mutex;
+    std::vector<std::size_t> batches;
+
+  private:
+    std::shared_future<void> gate_;
+    bool first_done_ = false;
+};
+
+// While a handler's delivery runs, what is submitted for it queues; it then goes to the handler
+// as one batch, and each outcome still reaches the job it came from, under that job's index.
+TEST(DeliveryPool, JobsQueuedBehindARunningOneGoToTheHandlerAsOneBatch) {
+    DeliveryPool pool(2);
+    std::promise<void> open;
+    auto handler = std::make_shared<Recording>(open.get_future().share());
+    std::mutex mutex;
+    std::vector<std::string> reported;  // "job/index:id" for every outcome
+    std::vector<EventPtr> events;
+    for (int i = 0; i < 9; ++i) events.push_back(sample_event());
+    const auto record = [&](const std::string& job, std::size_t i, const DeliveryOutcome& o) {
+        std::lock_guard lock(mutex);
+        reported.push_back(job + "/" + std::to_string(i) + ":" + o.details.value("id", "?"));
+    };
+    pool.run(events[0], handler, [&](DeliveryOutcome o, double) { record("a", 0, o); });
+    for (int i = 1; i <= 5; ++i) {
+        pool.run(events[i], handler,
+                 [&, i](DeliveryOutcome o, double) { record("s" + std::to_string(i), 0, o); });
+    }
+    pool.run_batch({events[6], events[7], events[8]}, handler,
+                   [&](std::size_t i, DeliveryOutcome o, double) { record("b", i, o); });
+    open.set_value();
+    pool.stop();
+    EXPECT_EQ(handler->batches, (std::vector<std::size_t>{1, 8}));
+    std::vector<std::string> expected = {"a/0:" + events[0]->id};
+    for (int i = 1; i <= 5; ++i)
+        expected.push_back("s" + std::to_string(i) + "/0:" + events[i]->id);
+    for (int i = 0; i < 3; ++i)
+        expected.push_back("b/" + std::to_string(i) + ":" + events[6 + i]->id);
+    EXPECT_EQ(reported, expected);
+}
+
+// A handler that was held up gets what queued meanwhile in batches of at most max_batch_events.
+TEST(DeliveryPool, MergedBatchesHoldAtMostMaxBatchEvents) {
+    DeliveryPool pool(2);
+    std::promise<void> open;
+    auto handler = std::make_shared<Recording>(open.get_future().share());
+    const auto event = sample_event();
+    std::atomic<int> done{0};
+    const std::size_t queued = DeliveryPool::max_batch_events + 76;
+    for (std::size_t i = 0; i <= queued; ++i) {
+        pool.run(event, handler, [&](DeliveryOutcome, double) { ++done; });
+    }
+    open.set_value();
+    pool.stop();
+    EXPECT_EQ(handler->batches, (std::vector<std::size_t>{1, DeliveryPool::max_batch_events, 76}));
+    EXPECT_EQ(done.load(), static_cast<int>(queued + 1));
+}
+
+// In a batch, a delivery that throws fails alone: the events after it are still delivered.
+TEST(DeliveryPool, ADeliveryThatThrowsInABatchFailsAlone) {
+    DeliveryPool pool(1);
+    std::promise<void> open;
+    open.set_value();
+    auto handler = std::make_shared<Recording>(open.get_future().share());
+    std::vector<EventPtr> events = {sample_event(), sample_event(), sample_event()};
+    handler->throw_on = events[1]->id;
+    std::vector<std::string> outcomes(3);
+    pool.run_batch(events, handler, [&](std::size_t i, DeliveryOutcome o, double) {
+        outcomes[i] = o.ok ? "ok" : o.error;
+    });
+    pool.stop();
+    EXPECT_EQ(outcomes,
+              (std::vector<std::string>{"ok", "handler threw: refused " + events[1]->id, "ok"}));
+}
+
 }  // namespace
 }  // namespace sigsci

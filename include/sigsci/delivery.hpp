@@ -24,6 +24,9 @@ class DeliveryPool {
 
     // One pool job for several events to one handler (Handler::deliver_batch): one wake-up of
     // a pool thread for a whole commit's worth. done(i, outcome, ms) runs exactly once per event.
+    // Jobs that queue while the handler's last one runs are merged into batches of at most
+    // max_batch_events (a larger job still runs whole).
+    static constexpr std::size_t max_batch_events = 1024;
     void run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                    std::function<void(std::size_t, DeliveryOutcome, double duration_ms)> done);
 

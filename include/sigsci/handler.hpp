@@ -34,16 +34,21 @@ class Handler {
 
     virtual void deliver(const EventPtr& event, DeliveryDone done) = 0;
 
-    // Several events at once (those one spool commit accepted): done(i, outcome) exactly once
-    // for each events[i]. The default delivers them one by one; a handler that can do better
-    // (one write for many lines) overrides it.
+    // Several events at once (those one spool commit accepted, or that queued behind this
+    // handler's last delivery): done(i, outcome) exactly once for each events[i]. The default
+    // delivers them one by one, and a delivery that throws fails alone; a handler that can do
+    // better (one write for many lines) overrides it.
     using BatchDone = std::function<void(std::size_t, DeliveryOutcome)>;
     virtual void deliver_batch(std::span<const EventPtr> events, BatchDone done) {
         // Asynchronous handlers call back after this returns: each callback shares `done`.
         const auto shared = std::make_shared<BatchDone>(std::move(done));
         for (std::size_t i = 0; i < events.size(); ++i) {
-            deliver(events[i],
-                    [i, shared](DeliveryOutcome outcome) { (*shared)(i, std::move(outcome)); });
+            try {
+                deliver(events[i],
+                        [i, shared](DeliveryOutcome outcome) { (*shared)(i, std::move(outcome)); });
+            } catch (const std::exception& e) {
+                (*shared)(i, {false, std::string("handler threw: ") + e.what()});
+            }
         }
     }
 
