@@ -207,7 +207,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::thread poller;
 
     std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
-    bool done_running() const { return running() == 0 || abandoned; }            // under mutex
+    // Under mutex: deliveries wait in the spool and enough slots are free for the poller's next
+    // pass.
+    bool refill_due() const { return starved && running() + refill_slots <= max_in_flight; }
+    bool done_running() const { return running() == 0 || abandoned; }  // under mutex
 
     // The receipt time from which a body counts as a duplicate.
     std::int64_t duplicates_since() const {
@@ -427,7 +430,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         if (spooled) {
             // They wait for free slots, as a pass that filled every slot leaves its rest.
             starved = true;
-            if (running() + refill_slots <= max_in_flight) poller_cv.notify_all();
+            if (refill_due()) poller_cv.notify_all();
         }
         idle_cv.notify_all();
     }
@@ -465,8 +468,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         // Waking the poller costs a query; only the free slots it waits for or a sooner retry
         // are worth it.
-        if ((starved && running() + refill_slots <= max_in_flight) || earlier_retry)
-            poller_cv.notify_all();
+        if (refill_due() || earlier_retry) poller_cv.notify_all();
         idle_cv.notify_all();
         writer_cv.notify_all();
     }
@@ -497,7 +499,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     // ---- deliveries -------------------------------------------------------------------------
 
-    // Deliveries of events just stored with deliveries_in_memory.
+    // A group's deliveries as one pool job (a single one as a job of its own).
     void start_deliveries(DeliveryGroup group) {
         if (group.events.size() == 1) {
             start_delivery(group.events.front(), group.seqs.front(), group.handler,
@@ -577,8 +579,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 // Wake for the next poll, a retry falling due, a freed slot, the drain, or stop;
                 // whichever comes first. Polling also finds what the CLI made pending.
                 const auto wake = [&] {
-                    return stopping || drain_poll_wanted ||
-                           (starved && running() + refill_slots <= max_in_flight) ||
+                    return stopping || drain_poll_wanted || refill_due() ||
                            next_retry_ms <= now_unix_ms();
                 };
                 const auto poll_at = Clock::now() + poll_interval;

@@ -248,14 +248,6 @@ class SqliteSpool final : public Spool {
         return read_event(s);
     }
 
-    std::optional<StoredEvent> load(std::int64_t seq) override {
-        auto& s = stmt(
-            "SELECT seq, id, received_at, received_ms, endpoint, type, body FROM events WHERE seq "
-            "= ?");
-        bind(s, 1, seq);
-        return read_event(s);
-    }
-
     // There is no index on id: it cost about 1.5 µs of every event's insert (BM_SpoolCommit: 7.9
     // against 6.3 µs per event at batch 32), to serve an operator's lookup. An id's first 48 bits
     // are its event's received_ms, and seq follows receipt to within the writer's queue, so the

@@ -112,8 +112,9 @@ TEST_F(SqliteSpoolTest, StoresEventsWithAPendingDeliveryPerHandler) {
     const auto out = store({new_event("e1", body, 1000, {"a", "b"})});
     ASSERT_EQ(out.size(), 1u);
     EXPECT_EQ(out[0].id, "e1");
-    const auto loaded = spool->load(out[0].seq);
+    const auto loaded = spool->find("e1");
     ASSERT_TRUE(loaded);
+    EXPECT_EQ(loaded->seq, out[0].seq);
     EXPECT_EQ(loaded->id, "e1");
     EXPECT_EQ(loaded->body, body);  // the raw bytes, byte for byte
     EXPECT_EQ(loaded->type, "flag");

@@ -141,7 +141,6 @@ class Spool {
     // fresh snapshot: due()'s list may predate an outcome committed since.
     virtual std::optional<StoredEvent> load_if_due(const DueDelivery& delivery,
                                                    std::int64_t now_ms) = 0;
-    virtual std::optional<StoredEvent> load(std::int64_t seq) = 0;
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
     // Full counts (scans the spool: for operators).
     virtual SpoolStats stats() = 0;
