@@ -69,6 +69,37 @@ class Daemon:
             raise AssertionError("daemon still running %d s later; its log:\n%s"
                                  % (timeout, "\n".join(self.seen + rest))) from None
 
+    def log_so_far(self):
+        """Every log line read so far, without waiting for more."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return "\n".join(self.seen)
+            if line is None:
+                return "\n".join(self.seen)
+            self.seen.append(line)
+
+    def read_fifo(self, path, timeout=30):
+        """What a command writes into the FIFO at path. Opening a FIFO waits for a writer, so
+        the read runs on a thread; if no command opens it within timeout s, the FIFO is opened
+        for writing here to release that thread, and the test fails with the daemon's log."""
+        result = []
+
+        def reader():
+            with open(path) as f:
+                result.append(f.read())
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout)
+            raise AssertionError("no command opened %s within %d s; the daemon's log:\n%s"
+                                 % (path, timeout, self.log_so_far()))
+        return result[0]
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -301,8 +332,7 @@ class ExecDrain(unittest.TestCase):
             body = b'{"type":"flag","payload":{"source":"192.0.2.1"}}'
             status, answer = post(port, "/hook", body, sign("drain-key", body))
             self.assertEqual(status, 200)
-            with open(fifo) as f:  # blocks until the command is running
-                self.assertEqual(f.read().strip(), answer["id"])
+            self.assertEqual(daemon.read_fifo(fifo).strip(), answer["id"])  # the command runs
             before_stop(daemon)
             daemon.proc.send_signal(signal.SIGTERM)
             record = daemon.wait_for(lambda r: r["msg"] == "delivery")
@@ -319,8 +349,7 @@ class ExecDrain(unittest.TestCase):
             # After a restart the delivery runs again, with the same event id.
             daemon = Daemon(config)
             try:
-                with open(fifo) as f:
-                    self.assertEqual(f.read().strip(), event_id)
+                self.assertEqual(daemon.read_fifo(fifo).strip(), event_id)
                 daemon.proc.send_signal(signal.SIGTERM)
                 self.assertEqual(daemon.exit_code(), 0)
             finally:
