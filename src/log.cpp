@@ -56,8 +56,11 @@ struct State {
     std::shared_ptr<spdlog::logger> logger;
 };
 
+// Never destroyed: a thread the daemon left to the process's exit (a reload stuck opening a
+// file on a hung mount, a delivery that outlived the drain) may still log while exit() runs the
+// static destructors, and must find the logger alive. Reachable through `s`, so not a leak.
 State& state() {
-    static State s;
+    static State& s = *new State;
     return s;
 }
 
