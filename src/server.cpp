@@ -200,6 +200,37 @@ class ClientErrorLog {
     std::atomic<std::uint64_t> suppressed_{0};
 };
 
+// A share of limits.max_unverified_body_bytes, held while a body is read and verified: without
+// it, a client with no key could make the daemon hold max_body_bytes per open connection.
+class BodyReservation {
+  public:
+    explicit BodyReservation(std::atomic<std::uint64_t>& used) : used_(used) {}
+    ~BodyReservation() { release(); }
+    BodyReservation(const BodyReservation&) = delete;
+    BodyReservation& operator=(const BodyReservation&) = delete;
+
+    // Holds `bytes` in all, if the total stays within `limit`.
+    bool grow_to(std::uint64_t bytes, std::uint64_t limit) {
+        if (bytes <= bytes_) return true;
+        const auto more = bytes - bytes_;
+        auto used = used_.load(std::memory_order_relaxed);
+        do {
+            if (more > limit || used > limit - more) return false;
+        } while (!used_.compare_exchange_weak(used, used + more, std::memory_order_relaxed));
+        bytes_ = bytes;
+        return true;
+    }
+
+    void release() {
+        if (bytes_ != 0) used_.fetch_sub(bytes_, std::memory_order_relaxed);
+        bytes_ = 0;
+    }
+
+  private:
+    std::atomic<std::uint64_t>& used_;
+    std::uint64_t bytes_ = 0;
+};
+
 // Suspends the request's coroutine until the sink has kept (or refused) the event; the I/O
 // thread serves other connections meanwhile, which is what lets many requests share one commit.
 template <class Token>
@@ -310,6 +341,8 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     bool admit_client_error() {
         return client_errors.admit(service.snapshot()->config.log.client_errors_per_second);
     }
+    // limits.max_unverified_body_bytes: bytes reserved for bodies being read, not yet verified.
+    std::atomic<std::uint64_t> unverified_body_bytes{0};
     std::size_t admin_connections = 0;                    // guarded by mutex
     std::unordered_map<std::string, std::size_t> per_ip;  // webhook connections; guarded by mutex
 
@@ -526,6 +559,7 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
         Response res;
         bool keep_alive = false;
         bool read_all = false;
+        bool over_budget = false;  // refused by limits.max_unverified_body_bytes
         unsigned version = 11;
         std::string method;
         std::string path;
@@ -575,15 +609,32 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                             break;
                     }
                 }
+                BodyReservation reservation(unverified_body_bytes);
                 if (!c->timed_out) {
                     parser.body_limit(limits.max_body_bytes);
                     parser.eager(true);
+                    // The body counts against max_unverified_body_bytes as it arrives, so it is
+                    // read piece by piece; a declared length that is never sent holds nothing.
+                    const auto& body = req.body();
+                    const auto fits = [&] {
+                        over_budget =
+                            !reservation.grow_to(body.size(), limits.max_unverified_body_bytes);
+                        return !over_budget;
+                    };
                     error_code bec;
-                    if (!parse_buffered(parser, buffer, bec, [&] { return parser.is_done(); })) {
+                    bool done =
+                        parse_buffered(parser, buffer, bec, [&] { return parser.is_done(); });
+                    while (!bec && fits() && !done) {
                         std::tie(bec, std::ignore) =
-                            co_await http::async_read(stream, buffer, parser, use_tuple);
+                            co_await http::async_read_some(stream, buffer, parser, use_tuple);
+                        done = parser.is_done();
                     }
-                    if (bec) {
+                    if (over_budget) {
+                        res = error_response(503, "overloaded");
+                        res.endpoint = endpoint.path;
+                        res.error = "limits.max_unverified_body_bytes reached";
+                        res.close = true;  // the rest of the body is not read
+                    } else if (bec) {
                         auto answer = answer_for_read_error(*c, bec);
                         if (!answer) break;
                         res = std::move(*answer);
@@ -594,6 +645,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                         // The field stays in `req` while the body is moved out of it.
                         auto verdict = service.check_body(
                             *runtime, endpoint, req["X-SigSci-Signature"], std::move(req.body()));
+                        // Verified (its memory is a pending event's now) or refused.
+                        reservation.release();
                         if (auto* accepted = std::get_if<Accepted>(&verdict)) {
                             const auto event = accepted->event;
                             const bool unrouted = accepted->handlers.empty();
@@ -621,7 +674,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
         const auto level = c->role == Listener::admin ? log::Level::debug
                            : res.status < 400         ? log::Level::info
                                                       : log::Level::warn;
-        const bool client_error = res.status >= 400 && res.status < 500;
+        // A refusal for the body budget is a client's doing too (many bodies at once).
+        const bool client_error = (res.status >= 400 && res.status < 500) || over_budget;
         if (log::enabled(level) &&
             (!client_error || client_errors.admit(runtime->config.log.client_errors_per_second))) {
             log::Fields fields{{"remote", remote}};

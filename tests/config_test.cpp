@@ -51,6 +51,7 @@ TEST(Config, DefaultsMatchTheDocumentation) {
     EXPECT_EQ(c.limits.max_connections, 4096u);
     EXPECT_EQ(c.limits.drain_timeout.count(), 10000);
     EXPECT_EQ(c.limits.max_pending_events, 65536u);
+    EXPECT_EQ(c.limits.max_unverified_body_bytes, 64u << 20);
     EXPECT_EQ(c.log.format, log::Format::json);
     EXPECT_EQ(c.log.level, log::Level::info);
 }
@@ -234,6 +235,24 @@ TEST(Config, NumbersAreRangeChecked) {
     expect_error(
         config_text(one_endpoint, one_handler, R"("limits": {"request_timeout_ms": "15s"},)"),
         "test.json: limits.request_timeout_ms: must be a whole number from 1 to 86400000");
+}
+
+// The budget for bodies not yet verified never keeps a body of max_body_bytes out: left out,
+// it grows to it; set below it, it is an error that says why.
+TEST(Config, UnverifiedBodyBudgetIsAtLeastTheLargestBody) {
+    auto big = parse(
+        config_text(one_endpoint, one_handler, R"("limits": {"max_body_bytes": 134217728},)"));
+    ASSERT_TRUE(big) << big.error();
+    EXPECT_EQ(big.value().limits.max_unverified_body_bytes, 134217728u);
+    auto set = parse(config_text(one_endpoint, one_handler,
+                                 R"("limits": {"max_unverified_body_bytes": 2097152},)"));
+    ASSERT_TRUE(set) << set.error();
+    EXPECT_EQ(set.value().limits.max_unverified_body_bytes, 2097152u);
+    expect_error(
+        config_text(one_endpoint, one_handler,
+                    R"("limits": {"max_body_bytes": 2000, "max_unverified_body_bytes": 1999},)"),
+        "test.json: limits.max_unverified_body_bytes: must be at least "
+        "limits.max_body_bytes (2000), or no body of that size is ever read");
 }
 
 TEST(Config, LogSettings) {

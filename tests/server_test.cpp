@@ -322,6 +322,68 @@ TEST_F(ServerTest, Expect100ContinueOnUnknownPathGetsTheFinalAnswerInstead) {
     EXPECT_EQ(r.status, 404);
 }
 
+// A flag event whose body is exactly `size` bytes.
+std::string body_of_size(std::size_t size) {
+    std::string body = R"({"type":"flag","payload":")";
+    body += std::string(size - body.size() - 2, 'x') + "\"}";
+    return body;
+}
+
+// The head of a POST of `body`, signed with `signature`.
+std::string head_of(const std::string& body, const std::string& signature,
+                    const std::string& extra = "") {
+    return "POST /sigsci/test HTTP/1.1\r\nHost: x\r\n" + extra +
+           "X-SigSci-Signature: " + signature +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+}
+
+// What clients without a key can make the daemon hold is bounded across connections: the bodies
+// being read and not yet verified count against max_unverified_body_bytes as their bytes
+// arrive; the one that would pass it is answered 503 and not read further, and what a body held
+// is given back once it is verified or refused.
+TEST_F(ServerTest, BodiesBeyondTheUnverifiedBudgetGet503AndWhatTheyHeldIsGivenBack) {
+    start(R"("max_body_bytes": 1000, "max_unverified_body_bytes": 1000)");
+    const auto body = body_of_size(1000);
+    ASSERT_EQ(body.size(), 1000u);
+    // 900 of 1000 bytes each: whichever body the daemon reads second does not fit.
+    RawClient a(port);
+    RawClient b(port);
+    a.send(head_of(body, sign(body)) + body.substr(0, 900));
+    b.send(head_of(body, sign(body)) + body.substr(0, 900));
+    std::string refused_from;
+    ASSERT_TRUE(logged([&](Json& j) {
+        if (j["msg"] != "request" || j["status"] != 503) return false;
+        EXPECT_EQ(j["error"], "limits.max_unverified_body_bytes reached");
+        refused_from = j["remote"];
+        return true;
+    }));
+    const bool a_refused = refused_from == "127.0.0.1:" + std::to_string(a.local_port());
+    ASSERT_TRUE(a_refused || refused_from == "127.0.0.1:" + std::to_string(b.local_port()))
+        << refused_from;
+    RawClient& refused = a_refused ? a : b;
+    RawClient& admitted = a_refused ? b : a;
+    const auto r = refused.read_response();
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.body, R"({"error":"overloaded"})");
+    EXPECT_EQ(r.header("connection"), "close");
+    admitted.send(body.substr(900));
+    EXPECT_EQ(admitted.read_response().status, 200);
+
+    // Both gave back what they held, and a refused signature gives it back too: each of these
+    // needs the whole budget.
+    const auto other = body_of_size(999) + " ";
+    EXPECT_EQ(exchange(test::post("/sigsci/test", other, std::string(64, 'a'))).status, 401);
+    EXPECT_EQ(exchange(test::post("/sigsci/test", other, sign(other))).status, 200);
+
+    // A declared length holds nothing until its bytes come: with one waiting for its body (the
+    // 100 Continue says its head was read), a whole body still fits.
+    RawClient waiting(port);
+    waiting.send(head_of(body, sign(body), "Expect: 100-continue\r\n"));
+    ASSERT_EQ(waiting.read_response().status, 100);
+    const auto third = body_of_size(998) + "  ";
+    EXPECT_EQ(exchange(test::post("/sigsci/test", third, sign(third))).status, 200);
+}
+
 TEST_F(ServerTest, KeepAliveServesManyRequestsOnOneConnection) {
     start();
     RawClient c(port);

@@ -142,6 +142,15 @@ RawClient::RawClient(std::uint16_t port, bool ipv6) {
     }
 }
 
+std::uint16_t RawClient::local_port() const {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+        throw std::runtime_error("getsockname failed");
+    return ntohs(a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&a)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&a)->sin_port);
+}
+
 RawClient::~RawClient() {
     close();
 }

@@ -87,6 +87,8 @@ class RawClient {
     // True when the server has closed the connection (reads EOF or reset) before the timeout.
     bool peer_closed();
     void close();
+    // The client's port, as the server's log lines show it in `remote`.
+    std::uint16_t local_port() const;
 
   private:
     std::optional<std::string> read_more();

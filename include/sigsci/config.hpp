@@ -33,6 +33,10 @@ struct Limits {
     std::uint32_t max_header_count = 100;
     std::chrono::milliseconds drain_timeout{10000};
     std::uint64_t max_pending_events = 65536;
+    // Request bodies being read and not yet verified, across all connections: what a client
+    // without a key can make the daemon hold. Never below max_body_bytes.
+    std::uint64_t max_unverified_body_bytes = default_max_unverified_body_bytes;
+    static constexpr std::uint64_t default_max_unverified_body_bytes = 64ull << 20;
 };
 
 struct RetryPolicy {
