@@ -86,13 +86,22 @@ struct DeliveryPool::Impl {
         post(handler, std::move(job));
     }
 
-    // The jobs queued behind one as one job, up to max_batch_events (a handler that was stuck
-    // for a while does not get everything at once): their events in order, each outcome
-    // reported to the job it came from, under that job's own index.
+    static std::size_t body_bytes(const Job& job) {
+        std::size_t n = 0;
+        for (const auto& e : job.events) n += e->body.size();
+        return n;
+    }
+
+    // The jobs queued behind one as one job, up to max_batch_events and max_batch_bytes (a
+    // handler that was stuck for a while does not get everything at once): their events in
+    // order, each outcome reported to the job it came from, under that job's own index.
     static Job merge(std::deque<Job>& queued) {
         Job first = std::move(queued.front());
         queued.pop_front();
-        if (queued.empty() || first.events.size() >= max_batch_events) return first;
+        std::size_t bytes = body_bytes(first);
+        if (queued.empty() || first.events.size() >= max_batch_events || bytes >= max_batch_bytes) {
+            return first;
+        }
         Job merged{{}, first.handler, {}};
         std::vector<std::pair<std::size_t, BatchDone>> parts;  // (first index, its done)
         const auto take = [&](Job& job) {
@@ -101,8 +110,13 @@ struct DeliveryPool::Impl {
                                  std::make_move_iterator(job.events.end()));
         };
         take(first);
-        while (!queued.empty() &&
-               merged.events.size() + queued.front().events.size() <= max_batch_events) {
+        while (!queued.empty()) {
+            const auto more = body_bytes(queued.front());
+            if (merged.events.size() + queued.front().events.size() > max_batch_events ||
+                bytes + more > max_batch_bytes) {
+                break;
+            }
+            bytes += more;
             take(queued.front());
             queued.pop_front();
         }
@@ -196,7 +210,30 @@ void DeliveryPool::run(EventPtr event, HandlerPtr handler,
 
 void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                              std::function<void(std::size_t, DeliveryOutcome, double)> done) {
-    impl_->submit({std::move(events), std::move(handler), std::move(done)});
+    std::size_t total = 0;
+    for (const auto& e : events) total += e->body.size();
+    if (total <= max_batch_bytes || events.size() == 1) {
+        impl_->submit({std::move(events), std::move(handler), std::move(done)});
+        return;
+    }
+    // In parts of at most max_batch_bytes (one event at least), which the handler gets one
+    // after another; each outcome still reaches `done` under its index in `events`.
+    const auto shared = std::make_shared<Impl::BatchDone>(std::move(done));
+    for (std::size_t begin = 0; begin < events.size();) {
+        std::size_t end = begin + 1;
+        std::size_t bytes = events[begin]->body.size();
+        while (end < events.size() && bytes + events[end]->body.size() <= max_batch_bytes) {
+            bytes += events[end]->body.size();
+            ++end;
+        }
+        std::vector<EventPtr> part(std::make_move_iterator(events.begin() + begin),
+                                   std::make_move_iterator(events.begin() + end));
+        impl_->submit({std::move(part), handler,
+                       [shared, begin](std::size_t i, DeliveryOutcome outcome, double ms) {
+                           (*shared)(begin + i, std::move(outcome), ms);
+                       }});
+        begin = end;
+    }
 }
 
 void DeliveryPool::stop() {

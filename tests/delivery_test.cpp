@@ -23,6 +23,14 @@ EventPtr sample_event() {
                       std::chrono::system_clock::now());
 }
 
+// An event whose body is `size` bytes.
+EventPtr event_of_size(std::size_t size) {
+    std::string body = R"({"type":"flag","payload":")";
+    body += std::string(size - body.size() - 2, 'x') + "\"}";
+    return make_event("/hook", body, parse_envelope(body).value(),
+                      std::chrono::system_clock::now());
+}
+
 // Each delivery waits at `gate` (until it opens), and records its number and how many of this
 // handler's deliveries were running at once.
 class Gated final : public Handler {
@@ -225,6 +233,48 @@ TEST(DeliveryPool, MergedBatchesHoldAtMostMaxBatchEvents) {
     pool.stop();
     EXPECT_EQ(handler->batches, (std::vector<std::size_t>{1, DeliveryPool::max_batch_events, 76}));
     EXPECT_EQ(done.load(), static_cast<int>(queued + 1));
+}
+
+// Large events merge into batches of at most max_batch_bytes of bodies: a batch is held, and a
+// `file` handler copies it into one string, whole until it is written.
+TEST(DeliveryPool, MergedBatchesHoldAtMostMaxBatchBytes) {
+    DeliveryPool pool(2);
+    std::promise<void> open;
+    auto handler = std::make_shared<Recording>(open.get_future().share());
+    const auto third = event_of_size(DeliveryPool::max_batch_bytes / 3);  // 3 fit, 4 do not
+    const auto whole = event_of_size(DeliveryPool::max_batch_bytes + 1);
+    std::atomic<int> done{0};
+    const auto count = [&](DeliveryOutcome, double) { ++done; };
+    pool.run(third, handler, count);  // runs, held at the gate; the rest queue behind it
+    for (int i = 0; i < 7; ++i) pool.run(third, handler, count);
+    pool.run(whole, handler, count);  // more than the limit alone: runs alone
+    pool.run(third, handler, count);
+    open.set_value();
+    pool.stop();
+    EXPECT_EQ(handler->batches, (std::vector<std::size_t>{1, 3, 3, 1, 1, 1}));
+    EXPECT_EQ(done.load(), 10);
+}
+
+// One batch with more than max_batch_bytes of bodies (a poller pass over large events) reaches
+// the handler in parts of at most that much, and each outcome still reaches its own index.
+TEST(DeliveryPool, ABatchOverMaxBatchBytesGoesToTheHandlerInParts) {
+    DeliveryPool pool(2);
+    std::promise<void> open;
+    open.set_value();
+    auto handler = std::make_shared<Recording>(open.get_future().share());
+    std::vector<EventPtr> events;
+    for (int i = 0; i < 4; ++i) events.push_back(event_of_size(DeliveryPool::max_batch_bytes / 3));
+    events.push_back(event_of_size(DeliveryPool::max_batch_bytes + 1));
+    events.push_back(event_of_size(100));
+    std::mutex mutex;
+    std::vector<std::string> delivered(events.size());
+    pool.run_batch(events, handler, [&](std::size_t i, DeliveryOutcome o, double) {
+        std::lock_guard lock(mutex);
+        delivered.at(i) = o.details["id"].get<std::string>();
+    });
+    pool.stop();
+    EXPECT_EQ(handler->batches, (std::vector<std::size_t>{3, 1, 1, 1}));
+    for (std::size_t i = 0; i < events.size(); ++i) EXPECT_EQ(delivered[i], events[i]->id) << i;
 }
 
 // In a batch, a delivery that throws fails alone: the events after it are still delivered.

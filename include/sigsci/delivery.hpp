@@ -25,8 +25,12 @@ class DeliveryPool {
     // One pool job for several events to one handler (Handler::deliver_batch): one wake-up of
     // a pool thread for a whole commit's worth. done(i, outcome, ms) runs exactly once per event.
     // Jobs that queue while the handler's last one runs are merged into batches of at most
-    // max_batch_events (a larger job still runs whole).
+    // max_batch_events (a job with more still runs whole). Bodies are bounded too: a batch is
+    // held, and often copied (a `file` handler's lines), whole until it is delivered, so merges
+    // stop at max_batch_bytes of bodies, and a job with more goes to the handler in parts of at
+    // most that much (one event at least), one after another.
     static constexpr std::size_t max_batch_events = 1024;
+    static constexpr std::size_t max_batch_bytes = 1024 * 1024;
     void run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                    std::function<void(std::size_t, DeliveryOutcome, double duration_ms)> done);
 
