@@ -20,6 +20,15 @@
 
 namespace sigsci {
 
+namespace {
+// What a batch of events holds in bodies (DeliveryPool::max_batch_bytes).
+std::size_t body_bytes(const std::vector<EventPtr>& events) {
+    std::size_t n = 0;
+    for (const auto& e : events) n += e->body.size();
+    return n;
+}
+}  // namespace
+
 // An io_context run by threads of our own (not asio::thread_pool, whose threads cannot be named).
 // Each handler's jobs run one at a time, in the order given: a handler that hangs (a `file` on a
 // stuck mount) then holds one thread, and the others go on serving every other handler. The jobs
@@ -86,19 +95,13 @@ struct DeliveryPool::Impl {
         post(handler, std::move(job));
     }
 
-    static std::size_t body_bytes(const Job& job) {
-        std::size_t n = 0;
-        for (const auto& e : job.events) n += e->body.size();
-        return n;
-    }
-
     // The jobs queued behind one as one job, up to max_batch_events and max_batch_bytes (a
     // handler that was stuck for a while does not get everything at once): their events in
     // order, each outcome reported to the job it came from, under that job's own index.
     static Job merge(std::deque<Job>& queued) {
         Job first = std::move(queued.front());
         queued.pop_front();
-        std::size_t bytes = body_bytes(first);
+        std::size_t bytes = body_bytes(first.events);
         if (queued.empty() || first.events.size() >= max_batch_events || bytes >= max_batch_bytes) {
             return first;
         }
@@ -111,7 +114,7 @@ struct DeliveryPool::Impl {
         };
         take(first);
         while (!queued.empty()) {
-            const auto more = body_bytes(queued.front());
+            const auto more = body_bytes(queued.front().events);
             if (merged.events.size() + queued.front().events.size() > max_batch_events ||
                 bytes + more > max_batch_bytes) {
                 break;
@@ -210,9 +213,7 @@ void DeliveryPool::run(EventPtr event, HandlerPtr handler,
 
 void DeliveryPool::run_batch(std::vector<EventPtr> events, HandlerPtr handler,
                              std::function<void(std::size_t, DeliveryOutcome, double)> done) {
-    std::size_t total = 0;
-    for (const auto& e : events) total += e->body.size();
-    if (total <= max_batch_bytes || events.size() == 1) {
+    if (events.size() == 1 || body_bytes(events) <= max_batch_bytes) {
         impl_->submit({std::move(events), std::move(handler), std::move(done)});
         return;
     }
