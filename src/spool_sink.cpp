@@ -129,6 +129,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         // Run from memory (an event stored with deliveries_in_memory, first attempt): a success
         // moves the handler's progress mark instead of writing a row.
         bool in_memory = false;
+        std::size_t bytes = 0;  // the event's body, counted in running_bytes while it ran
         // Writes the `delivery` line once the outcome is committed, so the log never reports a
         // state the spool does not hold yet.
         std::function<void()> log;
@@ -136,7 +137,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
     Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m,
-         std::chrono::milliseconds poll)
+         std::chrono::milliseconds poll, std::size_t max_bytes)
         : config(std::move(c)),
           writer_db(open_sqlite_spool(
               config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
@@ -146,6 +147,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
           lookup(std::move(l)),
           metrics(m),
           poll_interval(poll),
+          max_running_bytes(max_bytes),
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
@@ -157,6 +159,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     HandlerLookup lookup;
     Metrics* const metrics;  // may be null
     const std::chrono::milliseconds poll_interval;
+    const std::size_t max_running_bytes;
 
     mutable std::mutex mutex;
     std::condition_variable writer_cv;
@@ -169,6 +172,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // (they have no row the poller could find).
     std::set<Claim> claims;
     std::size_t running_from_memory = 0;
+    std::size_t running_bytes = 0;  // their events' bodies, one per delivery
     // stop() has begun: submit() refuses new events, but until `stopping` deliveries still
     // start, those the poller finds due in the spool included (events beyond max_in_flight), so
     // that the drain period delivers what is due rather than leave it for the next start.
@@ -185,6 +189,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // Due deliveries wait in the spool for free slots (a poller pass filled them all, or events
     // beyond max_in_flight were stored with rows): wake the poller when some free up.
     bool starved = false;
+    std::size_t waiting_bytes = 0;  // the body that ended the last pass for want of running_bytes
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
     std::uint64_t commits = 0;
     std::mt19937_64 rng;  // guarded by mutex
@@ -209,7 +214,16 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
     // Under mutex: deliveries wait in the spool and enough slots are free for the poller's next
     // pass.
-    bool refill_due() const { return starved && running() + refill_slots <= max_in_flight; }
+    bool refill_due() const {
+        return starved && running() + refill_slots <= max_in_flight &&
+               running_bytes <= max_running_bytes - max_running_bytes / 8 &&
+               bytes_free(waiting_bytes);
+    }
+    // Under mutex: whether deliveries holding `bytes` more may start (one always may).
+    bool bytes_free(std::size_t bytes) const {
+        return running_bytes == 0 ||
+               (running_bytes <= max_running_bytes && bytes <= max_running_bytes - running_bytes);
+    }
     bool done_running() const { return running() == 0 || abandoned; }  // under mutex
 
     // The receipt time from which a body counts as a duplicate.
@@ -460,6 +474,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             } else {
                 claims.erase({u.event_id, u.update.handler});
             }
+            running_bytes -= u.bytes;
             if (u.update.state == DeliveryState::pending &&
                 u.update.next_attempt_ms < next_retry_ms) {
                 next_retry_ms = u.update.next_attempt_ms;
@@ -476,6 +491,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     void release_claims(const StoreRequest& r) {
         std::lock_guard lock(mutex);
         running_from_memory -= r.handlers.size();
+        running_bytes -= r.handlers.size() * r.event->body.size();
         idle_cv.notify_all();
     }
 
@@ -559,7 +575,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             if (m) m->delivery(handler, status, ms / 1000);
         };
         std::lock_guard lock(mutex);
-        outcomes.push_back({std::move(u), event->id, in_memory, std::move(write_log)});
+        outcomes.push_back(
+            {std::move(u), event->id, in_memory, event->body.size(), std::move(write_log)});
         if (writer_waiting) writer_cv.notify_one();
     }
 
@@ -593,6 +610,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 }
                 if (stopping) break;
                 starved = false;
+                waiting_bytes = 0;
                 drain_poll_wanted = false;
                 pass = ++passes;
                 if (next_retry_ms <= now_unix_ms()) next_retry_ms = INT64_MAX;
@@ -679,9 +697,21 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                     {{row.seq, row.handler, DeliveryState::dead, row.attempts, 0, why},
                      stored->id,
                      false,
+                     0,
                      std::move(write_log)});
                 if (writer_waiting) writer_cv.notify_one();
                 continue;
+            }
+            {
+                std::lock_guard lock(mutex);
+                if (!bytes_free(event->body.size())) {
+                    // Large events: the rest waits until running deliveries give bytes back.
+                    claims.erase({row.event_id, row.handler});
+                    starved = true;
+                    waiting_bytes = event->body.size();
+                    break;
+                }
+                running_bytes += event->body.size();
             }
             auto& group = by_handler[handler.get()];
             if (!group.handler) {
@@ -702,9 +732,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
 SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
                      std::uint64_t max_pending_events, HandlerLookup lookup, Metrics* metrics,
-                     std::chrono::milliseconds poll_interval)
+                     std::chrono::milliseconds poll_interval, std::size_t max_running_bytes)
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
-                                   std::move(lookup), metrics, poll_interval)) {
+                                   std::move(lookup), metrics, poll_interval, max_running_bytes)) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {
@@ -756,10 +786,12 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         return;
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.
-    if (impl_->running() + r.handlers.size() <= max_in_flight) {
+    const auto bytes = r.handlers.size() * event->body.size();
+    if (impl_->running() + r.handlers.size() <= max_in_flight && impl_->bytes_free(bytes)) {
         r.fast = true;
         r.row.deliveries_in_memory = true;
         impl_->running_from_memory += r.handlers.size();
+        impl_->running_bytes += bytes;
     }
     impl_->stores.push_back(std::move(r));
     if (impl_->writer_waiting) impl_->writer_cv.notify_one();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <future>
 #include <mutex>
 #include <numeric>
@@ -470,7 +471,7 @@ class SpoolSinkTest : public ::testing::Test {
                 const auto it = handlers.find(name);
                 return it == handlers.end() ? nullptr : it->second;
             },
-            nullptr, poll_interval);
+            nullptr, poll_interval, max_running_bytes);
     }
 
     void add(const HandlerPtr& h) {
@@ -508,6 +509,7 @@ class SpoolSinkTest : public ::testing::Test {
     test::TempDir dir;
     SpoolConfig config;
     std::chrono::milliseconds poll_interval = SpoolSink::default_poll_interval;
+    std::size_t max_running_bytes = SpoolSink::default_max_running_bytes;
     std::shared_ptr<test::MemorySink> logs;
     std::mutex handlers_mutex;
     std::map<std::string, HandlerPtr> handlers;
@@ -703,6 +705,64 @@ TEST_F(SpoolSinkTest, EventsBeyondTheSlotsAreDeliveredOnceSlotsFreeUp) {
     gated->open();
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
     EXPECT_EQ(gated->delivered(), events);
+}
+
+// A flag event numbered `i` whose body is exactly `size` bytes.
+std::string body_of_size(int i, std::size_t size) {
+    char head[64];
+    std::snprintf(head, sizeof head, R"({"type":"flag","n":"%06d","payload":")", i);
+    std::string body = head;
+    body += std::string(size - body.size() - 2, 'x') + "\"}";
+    return body;
+}
+
+constexpr std::size_t large = 10000;  // bytes of body: 4 fit in max_running_bytes below
+
+// The bodies of the deliveries running at once are bounded too (a backlog of large events is
+// not read into memory at once): events beyond it are stored with rows, and the poller starts
+// them as running deliveries give bytes back, not at its next poll (an hour away here).
+TEST_F(SpoolSinkTest, EventsBeyondTheRunningBytesWaitInTheSpoolUntilBytesFreeUp) {
+    auto gated = std::make_shared<GatedHandler>();
+    add(gated);
+    poll_interval = std::chrono::hours(1);
+    max_running_bytes = 4 * large + large / 2;
+    start();
+    const int events = 10;
+    for (int i = 0; i < events; ++i) {
+        ASSERT_EQ(submit(body_of_size(i, large), {gated}).status, SubmitResult::Status::accepted);
+    }
+    // 4 run from memory; the rest have rows.
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"),
+              events - 4);
+    gated->open();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    EXPECT_EQ(gated->delivered(), events);
+}
+
+// A backlog of large events after a restart goes to the handler a few at a time, each delivered
+// once.
+TEST_F(SpoolSinkTest, ABacklogOfLargeEventsIsReadAFewAtATime) {
+    const int backlog = 20;
+    {
+        auto spool = open_sqlite_spool(config.path);
+        std::vector<NewEvent> events;
+        for (int i = 0; i < backlog; ++i) {
+            events.push_back(new_event("large-" + std::to_string(i), body_of_size(i, large),
+                                       now_unix_ms(), {"h"}));
+        }
+        spool->commit(events, {});
+    }
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    poll_interval = std::chrono::hours(1);
+    max_running_bytes = 4 * large + large / 2;
+    start();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    auto calls = h->calls();
+    EXPECT_EQ(calls.size(), static_cast<std::size_t>(backlog));
+    std::sort(calls.begin(), calls.end());
+    EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+    for (const auto n : h->batches()) EXPECT_LE(n, 4u);
 }
 
 TEST_F(SpoolSinkTest, TransientFailuresAreRetriedUntilDelivered) {

@@ -20,12 +20,16 @@ class SpoolSink final : public EventSink {
     // How often the poller looks in the spool for what came due (retries, what `spool retry`
     // made pending) when nothing wakes it sooner.
     static constexpr std::chrono::milliseconds default_poll_interval{250};
+    // The bodies of the deliveries running at once (besides at most 1,024 of them), so that a
+    // backlog of large events is not read into memory all at once: one always runs.
+    static constexpr std::size_t default_max_running_bytes = 64 << 20;
 
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
     // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
     SpoolSink(SpoolConfig config, unsigned delivery_threads, std::uint64_t max_pending_events,
               HandlerLookup lookup, Metrics* metrics = nullptr,
-              std::chrono::milliseconds poll_interval = default_poll_interval);
+              std::chrono::milliseconds poll_interval = default_poll_interval,
+              std::size_t max_running_bytes = default_max_running_bytes);
     ~SpoolSink() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
