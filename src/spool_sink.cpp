@@ -212,8 +212,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::thread poller;
 
     std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
-    // Under mutex: deliveries wait in the spool and enough slots are free for the poller's next
-    // pass.
+    // Under mutex: deliveries wait in the spool, and enough slots and bytes are free for the
+    // poller's next pass (the body that ended its last pass among them).
     bool refill_due() const {
         return starved && running() + refill_slots <= max_in_flight &&
                running_bytes <= max_running_bytes - max_running_bytes / 8 &&

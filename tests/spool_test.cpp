@@ -497,6 +497,30 @@ class SpoolSinkTest : public ::testing::Test {
         return *result;
     }
 
+    // Stores `bodies` as deliveries to a handler "h" that a previous run left pending, starts the
+    // sink with its poll an hour away, and checks that each is delivered exactly once.
+    std::shared_ptr<FlakyHandler> deliver_backlog(const std::vector<std::string>& bodies) {
+        {
+            auto spool = open_sqlite_spool(config.path);
+            std::vector<NewEvent> events;
+            for (std::size_t i = 0; i < bodies.size(); ++i) {
+                events.push_back(
+                    new_event("left-" + std::to_string(i), bodies[i], now_unix_ms(), {"h"}));
+            }
+            spool->commit(events, {});
+        }
+        auto h = std::make_shared<FlakyHandler>("h", 0);
+        add(h);
+        poll_interval = std::chrono::hours(1);
+        start();
+        EXPECT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+        auto calls = h->calls();
+        EXPECT_EQ(calls.size(), bodies.size());
+        std::sort(calls.begin(), calls.end());
+        EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+        return h;
+    }
+
     std::vector<Json> delivery_lines(const std::string& handler) {
         std::vector<Json> out;
         for (const auto& l : logs->lines()) {
@@ -660,25 +684,9 @@ TEST_F(SpoolSinkTest, TheDrainDeliversWhatWaitsInTheSpoolToo) {
 // away, a poller that waited for it would deliver the first 1,024 of these and no more.
 TEST_F(SpoolSinkTest, ABacklogBeyondTheSlotsIsDeliveredWithoutWaitingForThePoll) {
     const int backlog = 2500;
-    {
-        auto spool = open_sqlite_spool(config.path);
-        std::vector<NewEvent> events;
-        for (int i = 0; i < backlog; ++i) {
-            events.push_back(new_event("left-" + std::to_string(i),
-                                       test::numbered(test::sample("flag"), i), now_unix_ms(),
-                                       {"h"}));
-        }
-        spool->commit(events, {});
-    }
-    auto h = std::make_shared<FlakyHandler>("h", 0);
-    add(h);
-    poll_interval = std::chrono::hours(1);
-    start();
-    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
-    auto calls = h->calls();
-    EXPECT_EQ(calls.size(), static_cast<std::size_t>(backlog));
-    std::sort(calls.begin(), calls.end());
-    EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+    std::vector<std::string> bodies;
+    for (int i = 0; i < backlog; ++i) bodies.push_back(test::numbered(test::sample("flag"), i));
+    const auto h = deliver_backlog(bodies);
     // What a pass finds due goes to the handler in batches, as a commit's events do (a pass that
     // finds a single one delivers it alone).
     const auto batches = h->batches();
@@ -742,26 +750,10 @@ TEST_F(SpoolSinkTest, EventsBeyondTheRunningBytesWaitInTheSpoolUntilBytesFreeUp)
 // A backlog of large events after a restart goes to the handler a few at a time, each delivered
 // once.
 TEST_F(SpoolSinkTest, ABacklogOfLargeEventsIsReadAFewAtATime) {
-    const int backlog = 20;
-    {
-        auto spool = open_sqlite_spool(config.path);
-        std::vector<NewEvent> events;
-        for (int i = 0; i < backlog; ++i) {
-            events.push_back(new_event("large-" + std::to_string(i), body_of_size(i, large),
-                                       now_unix_ms(), {"h"}));
-        }
-        spool->commit(events, {});
-    }
-    auto h = std::make_shared<FlakyHandler>("h", 0);
-    add(h);
-    poll_interval = std::chrono::hours(1);
+    std::vector<std::string> bodies;
+    for (int i = 0; i < 20; ++i) bodies.push_back(body_of_size(i, large));
     max_running_bytes = 4 * large + large / 2;
-    start();
-    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
-    auto calls = h->calls();
-    EXPECT_EQ(calls.size(), static_cast<std::size_t>(backlog));
-    std::sort(calls.begin(), calls.end());
-    EXPECT_EQ(std::unique(calls.begin(), calls.end()), calls.end()) << "one delivered twice";
+    const auto h = deliver_backlog(bodies);
     for (const auto n : h->batches()) EXPECT_LE(n, 4u);
 }
 
