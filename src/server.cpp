@@ -581,7 +581,7 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
             std::optional<std::uint64_t> content_length;
             if (parser.content_length()) content_length = *parser.content_length();
             const RequestHead head{req.method_string(), req.target(), content_length,
-                                   req[http::field::transfer_encoding]};
+                                   req[http::field::transfer_encoding], req["X-SigSci-Signature"]};
             std::variant<Response, const EndpointConfig*> decision;
             const auto fields = static_cast<std::size_t>(std::distance(req.begin(), req.end()));
             if (fields > limits.max_header_count) {

@@ -150,6 +150,15 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
         r.close = true;  // the body will not be read
         return r;
     }
+    // A signature missing or not 64 hex digits matches no body: the body is not read (nor held
+    // against limits.max_unverified_body_bytes) to say so.
+    if (const auto form = signature_form(head.signature); form != SignatureCheck::ok) {
+        auto r = error_response(401, "unauthorized");
+        r.endpoint = endpoint->path;
+        r.error = to_string(form);
+        r.close = true;  // the body will not be read
+        return r;
+    }
     return endpoint;
 }
 

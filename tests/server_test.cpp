@@ -314,6 +314,22 @@ TEST_F(ServerTest, Expect100ContinueGetsInterimAnswerThenTheBody) {
     EXPECT_EQ(r.status, 200) << r.body;
 }
 
+// A client with no signature is not asked for its body: 401 instead of 100 Continue, and closed.
+TEST_F(ServerTest, Expect100ContinueWithoutASignatureGets401Instead) {
+    start();
+    RawClient c(port);
+    c.send(
+        "POST /sigsci/test HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: "
+        "10\r\n\r\n");
+    const auto r = c.read_response();
+    EXPECT_EQ(r.status, 401);
+    EXPECT_EQ(r.body, R"({"error":"unauthorized"})");
+    EXPECT_EQ(r.header("connection"), "close");
+    EXPECT_TRUE(logged([](Json& j) {
+        return j["msg"] == "request" && j["status"] == 401 && j["error"] == "signature missing";
+    }));
+}
+
 TEST_F(ServerTest, Expect100ContinueOnUnknownPathGetsTheFinalAnswerInstead) {
     start();
     RawClient c(port);

@@ -58,9 +58,11 @@ class WebhookServiceTest : public ::testing::Test {
     std::variant<Response, const EndpointConfig*> head(std::string_view method,
                                                        std::string_view target,
                                                        std::optional<std::uint64_t> length = 10) {
-        return service->route_head(*rt, RequestHead{method, target, length, {}});
+        return service->route_head(*rt, RequestHead{method, target, length, {}, well_formed});
     }
     const EndpointConfig& hook() { return *rt->config.find_endpoint("/hook"); }
+    // A signature that some body could match: the head alone does not refuse it.
+    const std::string well_formed = std::string(64, 'a');
 
     // The request path after the head, as the server runs it: check, submit, answer.
     Response handle_body(const EndpointConfig& endpoint, std::string_view signature,
@@ -109,9 +111,34 @@ TEST_F(WebhookServiceTest, BodyAtTheLimitOrChunkedGoesOnToBeRead) {
     EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(head("POST", "/hook", std::nullopt)));
 }
 
+// Step 3 as far as the head tells, after the size: a signature that no body can match is refused
+// before the body is read, and the connection closed (its body is left unread).
+TEST_F(WebhookServiceTest, ASignatureThatNoBodyCanMatchIs401FromTheHead) {
+    const auto with_signature = [&](std::string_view signature, std::uint64_t length = 10) {
+        return service->route_head(*rt, RequestHead{"POST", "/hook", length, {}, signature});
+    };
+    for (const auto& [signature, why] : std::vector<std::pair<std::string, std::string>>{
+             {"", "signature missing"},
+             {"not-hex", "signature malformed"},
+             {std::string(63, 'a'), "signature malformed"},
+             {std::string(64, 'g'), "signature malformed"}}) {
+        auto d = with_signature(signature);
+        ASSERT_TRUE(std::holds_alternative<Response>(d)) << signature;
+        const auto& r = std::get<Response>(d);
+        EXPECT_EQ(r.status, 401) << signature;
+        EXPECT_EQ(r.body, R"({"error":"unauthorized"})");
+        EXPECT_EQ(r.error, why);
+        EXPECT_TRUE(r.close);
+    }
+    EXPECT_EQ(std::get<Response>(with_signature("", 1001)).status, 413);  // the size comes first
+    EXPECT_TRUE(
+        std::holds_alternative<const EndpointConfig*>(with_signature(std::string(64, 'F'))));
+}
+
 TEST_F(WebhookServiceTest, OnlyChunkedTransferEncodingIsRead) {
     const auto with_te = [&](std::string_view te) {
-        return service->route_head(*rt, RequestHead{"POST", "/hook", std::nullopt, te});
+        return service->route_head(*rt,
+                                   RequestHead{"POST", "/hook", std::nullopt, te, well_formed});
     };
     EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(with_te("chunked")));
     EXPECT_TRUE(std::holds_alternative<const EndpointConfig*>(with_te("Chunked")));

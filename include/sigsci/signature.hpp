@@ -20,6 +20,10 @@ std::optional<Digest> decode_signature(std::string_view header);
 
 enum class SignatureCheck { ok, missing, malformed, mismatch };
 
+// What the header alone says: missing, malformed (not 64 hex digits), or ok (a digest that the
+// body's HMAC may match).
+SignatureCheck signature_form(std::string_view header);
+
 // Checks `header` against every key in constant time per comparison; any key verifies (rotation).
 SignatureCheck verify_signature(std::string_view header, std::string_view body,
                                 std::span<const std::string> keys);

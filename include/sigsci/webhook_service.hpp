@@ -36,6 +36,7 @@ struct RequestHead {
     std::string_view target;
     std::optional<std::uint64_t> content_length;  // absent for chunked bodies
     std::string_view transfer_encoding;           // empty when the header is absent
+    std::string_view signature;                   // X-SigSci-Signature; empty when absent
 };
 
 struct Response {
@@ -89,8 +90,9 @@ class WebhookService {
     }
     void set_ready(bool ready) { ready_.store(ready); }
 
-    // Steps 1-2 of the request path: an answer now (404, 405, 501, 413, /healthz) or the
-    // endpoint whose body should be read.
+    // Steps 1-2 of the request path, and step 3 as far as the head tells: an answer now (404,
+    // 405, 501, 413, /healthz, 401 for a signature that no body can match) or the endpoint whose
+    // body should be read.
     std::variant<Response, const EndpointConfig*> route_head(const Runtime& runtime,
                                                              const RequestHead& head) const;
 
