@@ -122,6 +122,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         std::vector<HandlerPtr> handlers;
         bool fast = false;  // claimed for delivery from memory right after the commit
         SubmitDone done;
+        // What its deliveries from memory count in running_bytes: the body once per handler.
+        std::size_t bytes_in_memory() const { return handlers.size() * event->body.size(); }
     };
     struct OutcomeRequest {
         DeliveryUpdate update;
@@ -491,7 +493,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     void release_claims(const StoreRequest& r) {
         std::lock_guard lock(mutex);
         running_from_memory -= r.handlers.size();
-        running_bytes -= r.handlers.size() * r.event->body.size();
+        running_bytes -= r.bytes_in_memory();
         idle_cv.notify_all();
     }
 
@@ -786,12 +788,12 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         return;
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.
-    const auto bytes = r.handlers.size() * event->body.size();
-    if (impl_->running() + r.handlers.size() <= max_in_flight && impl_->bytes_free(bytes)) {
+    if (impl_->running() + r.handlers.size() <= max_in_flight &&
+        impl_->bytes_free(r.bytes_in_memory())) {
         r.fast = true;
         r.row.deliveries_in_memory = true;
         impl_->running_from_memory += r.handlers.size();
-        impl_->running_bytes += bytes;
+        impl_->running_bytes += r.bytes_in_memory();
     }
     impl_->stores.push_back(std::move(r));
     if (impl_->writer_waiting) impl_->writer_cv.notify_one();

@@ -130,6 +130,13 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     }
     const EndpointConfig* endpoint = runtime.config.find_endpoint(path);
     if (endpoint == nullptr) return error_response(404, "not found");
+    // An answer after which the connection is closed: the rest of the request is not read.
+    const auto closing = [&](int status, std::string_view message) {
+        auto r = error_response(status, message);
+        r.endpoint = endpoint->path;
+        r.close = true;
+        return r;
+    };
     if (head.method != "POST") {
         auto r = error_response(405, "method not allowed");
         r.allow = "POST";
@@ -138,25 +145,18 @@ std::variant<Response, const EndpointConfig*> WebhookService::route_head(
     }
     // Only identity and plain chunked framing are read; anything else (gzip, "chunked, gzip")
     // would hand the verifier bytes nobody signed.
+    // Where such a request ends is unknown, so no next one can be read.
     if (!head.transfer_encoding.empty() && !iequals(head.transfer_encoding, "chunked")) {
-        auto r = error_response(501, "unsupported transfer-encoding");
-        r.endpoint = endpoint->path;
-        r.close = true;  // where this request ends is unknown, so no next one can be read
-        return r;
+        return closing(501, "unsupported transfer-encoding");
     }
     if (head.content_length && *head.content_length > runtime.config.limits.max_body_bytes) {
-        auto r = error_response(413, "body too large");
-        r.endpoint = endpoint->path;
-        r.close = true;  // the body will not be read
-        return r;
+        return closing(413, "body too large");
     }
     // A signature missing or not 64 hex digits matches no body: the body is not read (nor held
     // against limits.max_unverified_body_bytes) to say so.
     if (const auto form = signature_form(head.signature); form != SignatureCheck::ok) {
-        auto r = error_response(401, "unauthorized");
-        r.endpoint = endpoint->path;
+        auto r = closing(401, "unauthorized");
         r.error = to_string(form);
-        r.close = true;  // the body will not be read
         return r;
     }
     return endpoint;
