@@ -34,6 +34,7 @@ class AcceptingSink final : public sigsci::EventSink {
     void stop(std::chrono::milliseconds, const std::function<void()>&,
               std::chrono::milliseconds) override {}
     sigsci::SinkStats stats() const override { return {}; }
+    void set_pending_limits(sigsci::PendingLimits) override {}
 };
 
 constexpr const char* config_text = R"({

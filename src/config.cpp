@@ -100,15 +100,22 @@ Limits parse_limits(ConfigObject obj) {
         l.max_header_count = static_cast<std::uint32_t>(n->as_uint(1, 10'000));
     if (auto n = obj.get("drain_timeout_ms")) l.drain_timeout = ms(n->as_uint(0, day_ms));
     if (auto n = obj.get("max_pending_events")) l.max_pending_events = n->as_uint(1, 100'000'000);
-    if (auto n = obj.get("max_unverified_body_bytes")) {
-        l.max_unverified_body_bytes = n->as_uint(1, 1ull << 40);
-        if (l.max_unverified_body_bytes < l.max_body_bytes) {
-            n->fail("must be at least limits.max_body_bytes (" + std::to_string(l.max_body_bytes) +
-                    "), or no body of that size is ever read");
+    // A budget of body bytes: at least one body of the largest size must fit in it. Left out,
+    // it is raised to max_body_bytes; set below it, it is an error.
+    const auto body_budget = [&](const char* key, std::uint64_t& value, const char* why) {
+        if (auto n = obj.get(key)) {
+            value = n->as_uint(1, 1ull << 40);
+            if (value < l.max_body_bytes) {
+                n->fail("must be at least limits.max_body_bytes (" +
+                        std::to_string(l.max_body_bytes) + "), or " + why);
+            }
+        } else {
+            value = std::max(value, l.max_body_bytes);
         }
-    } else {
-        l.max_unverified_body_bytes = std::max(l.max_unverified_body_bytes, l.max_body_bytes);
-    }
+    };
+    body_budget("max_unverified_body_bytes", l.max_unverified_body_bytes,
+                "no body of that size is ever read");
+    body_budget("max_pending_bytes", l.max_pending_bytes, "no event of that size is ever accepted");
     obj.finish();
     return l;
 }

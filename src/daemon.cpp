@@ -42,6 +42,10 @@ sigset_t handled_signals() {
     return set;
 }
 
+PendingLimits pending_limits(const Limits& limits) {
+    return {limits.max_pending_events, limits.max_pending_bytes};
+}
+
 bool same_listeners(const Config& a, const Config& b) {
     if (a.listen.size() != b.listen.size() || a.threads != b.threads) return false;
     if (!(a.admin == b.admin)) return false;
@@ -66,7 +70,7 @@ struct Daemon::Impl {
         if (cfg.spool.enabled) {
             // Retries and resumed deliveries look their handler up in the config of the moment.
             sink = std::make_unique<SpoolSink>(
-                cfg.spool, delivery_threads, cfg.limits.max_pending_events,
+                cfg.spool, delivery_threads, pending_limits(cfg.limits),
                 [this](const std::string& name) -> HandlerPtr {
                     const auto rt = service.snapshot();
                     const auto it = rt->handlers.find(name);
@@ -77,10 +81,8 @@ struct Daemon::Impl {
             log::warn("config warning", {{"warning",
                                           "spool.enabled is false: events live in memory "
                                           "until delivered and are lost if the process dies"}});
-            auto memory = std::make_unique<Dispatcher>(delivery_threads,
-                                                       cfg.limits.max_pending_events, &metrics);
-            dispatcher = memory.get();
-            sink = std::move(memory);
+            sink = std::make_unique<Dispatcher>(delivery_threads, pending_limits(cfg.limits),
+                                                &metrics);
         }
         service.attach(*sink, &metrics);
     }
@@ -111,8 +113,7 @@ struct Daemon::Impl {
     Metrics metrics;  // outlives the sink and the service, which count into it
     WebhookService service;
     Server server;
-    std::unique_ptr<EventSink> sink;   // the spool, or the in-memory dispatcher
-    Dispatcher* dispatcher = nullptr;  // that dispatcher when the spool is off
+    std::unique_ptr<EventSink> sink;  // the spool, or the in-memory dispatcher
     std::vector<std::thread> io_threads;
     std::mutex reload_mutex;  // one reload at a time
     bool started = false;
@@ -310,7 +311,7 @@ bool Daemon::Impl::reload_locked(Result<Config> next) {
     }
     log::set_format(cfg.log.format);
     log::set_level(cfg.log.level);
-    if (dispatcher) dispatcher->set_max_pending_events(cfg.limits.max_pending_events);
+    sink->set_pending_limits(pending_limits(cfg.limits));
     server.reload_tls(cfg.listen);
     log::info("reloaded", {{"config", cfg.file.string()},
                            {"endpoints", cfg.endpoints.size()},

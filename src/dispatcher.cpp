@@ -10,58 +10,67 @@
 namespace sigsci {
 
 struct Dispatcher::Impl {
-    Impl(unsigned threads, std::uint64_t max_pending, Metrics* m)
-        : pool(threads), max_pending_events(max_pending), metrics(m) {}
+    Impl(unsigned threads, PendingLimits l, Metrics* m) : pool(threads), metrics(m), limits(l) {}
 
     DeliveryPool pool;
-    std::atomic<std::uint64_t> max_pending_events;
     Metrics* const metrics;
     mutable std::mutex mutex;
     std::condition_variable idle;
-    std::uint64_t pending = 0;     // events with a delivery still running; guarded by mutex
-    std::uint64_t deliveries = 0;  // deliveries not yet done; guarded by mutex
+    PendingLimits limits;             // guarded by mutex
+    std::uint64_t pending = 0;        // events with a delivery still running; guarded by mutex
+    std::uint64_t pending_bytes = 0;  // their bodies; guarded by mutex
+    std::uint64_t deliveries = 0;     // deliveries not yet done; guarded by mutex
     bool stopped = false;
 };
 
-Dispatcher::Dispatcher(unsigned threads, std::uint64_t max_pending_events, Metrics* metrics)
-    : impl_(std::make_shared<Impl>(threads, max_pending_events, metrics)) {}
+Dispatcher::Dispatcher(unsigned threads, PendingLimits limits, Metrics* metrics)
+    : impl_(std::make_shared<Impl>(threads, limits, metrics)) {}
 
 Dispatcher::~Dispatcher() {
     stop(std::chrono::milliseconds(0));
 }
 
 void Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) {
+    const auto bytes = event->body.size();
     if (!handlers.empty()) {
         std::unique_lock lock(impl_->mutex);
-        if (impl_->stopped || impl_->pending >= impl_->max_pending_events.load()) {
+        const char* refused = nullptr;
+        if (impl_->stopped || impl_->pending >= impl_->limits.events) {
+            refused = "too many events waiting for delivery";
+        } else if (impl_->pending_bytes + bytes > impl_->limits.bytes) {
+            refused = "limits.max_pending_bytes reached: too many event bytes waiting for delivery";
+        }
+        if (refused) {
             lock.unlock();
-            done({SubmitResult::Status::overloaded, event->id,
-                  "too many events waiting for delivery"});
+            done({SubmitResult::Status::overloaded, event->id, refused});
             return;
         }
         ++impl_->pending;
+        impl_->pending_bytes += bytes;
         impl_->deliveries += handlers.size();
     }
     auto remaining = std::make_shared<std::atomic<std::size_t>>(handlers.size());
     for (auto& handler : handlers) {
         const std::string name = handler->name();
-        impl_->pool.run(event, std::move(handler),
-                        [impl = impl_, event, name, remaining](DeliveryOutcome outcome, double ms) {
-                            const auto status = outcome.ok ? "delivered" : "failed";
-                            log_delivery(*event, name, 1, outcome, status, ms);
-                            if (impl->metrics) impl->metrics->delivery(name, status, ms / 1000);
-                            std::lock_guard lock(impl->mutex);
-                            --impl->deliveries;
-                            if (remaining->fetch_sub(1) == 1 && --impl->pending == 0) {
-                                impl->idle.notify_all();
-                            }
-                        });
+        impl_->pool.run(
+            event, std::move(handler),
+            [impl = impl_, event, name, remaining, bytes](DeliveryOutcome outcome, double ms) {
+                const auto status = outcome.ok ? "delivered" : "failed";
+                log_delivery(*event, name, 1, outcome, status, ms);
+                if (impl->metrics) impl->metrics->delivery(name, status, ms / 1000);
+                std::lock_guard lock(impl->mutex);
+                --impl->deliveries;
+                if (remaining->fetch_sub(1) != 1) return;
+                impl->pending_bytes -= bytes;
+                if (--impl->pending == 0) impl->idle.notify_all();
+            });
     }
     done({SubmitResult::Status::accepted, event->id, {}});
 }
 
-void Dispatcher::set_max_pending_events(std::uint64_t n) {
-    impl_->max_pending_events.store(n);
+void Dispatcher::set_pending_limits(PendingLimits limits) {
+    std::lock_guard lock(impl_->mutex);
+    impl_->limits = limits;
 }
 
 std::uint64_t Dispatcher::pending_events() const {

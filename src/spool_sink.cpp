@@ -138,14 +138,14 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     };
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
-    Impl(SpoolConfig c, unsigned threads, std::uint64_t max_pending, HandlerLookup l, Metrics* m,
+    Impl(SpoolConfig c, unsigned threads, PendingLimits pending, HandlerLookup l, Metrics* m,
          std::chrono::milliseconds poll, std::size_t max_bytes)
         : config(std::move(c)),
           writer_db(open_sqlite_spool(
               config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
           reader_db(open_sqlite_spool(config.path)),
           pool(threads),
-          max_pending_events(max_pending),
+          pending_limits(pending),
           lookup(std::move(l)),
           metrics(m),
           poll_interval(poll),
@@ -157,7 +157,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::unique_ptr<Spool> writer_db;
     std::unique_ptr<Spool> reader_db;  // used only by the poller thread
     DeliveryPool pool;
-    std::uint64_t max_pending_events;
+    PendingLimits pending_limits;  // guarded by mutex
     HandlerLookup lookup;
     Metrics* const metrics;  // may be null
     const std::chrono::milliseconds poll_interval;
@@ -168,6 +168,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::condition_variable poller_cv;
     std::condition_variable idle_cv;
     std::vector<StoreRequest> stores;     // waiting for the next commit
+    std::uint64_t stores_bytes = 0;       // their events' bodies
     std::deque<OutcomeRequest> outcomes;  // waiting for the next commit
     // Deliveries running in this process: those the poller started, by (event id, handler), so
     // that it never starts one twice; those run from memory after their commit, only counted
@@ -252,6 +253,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 writer_waiting = false;
                 if (stores.empty() && outcomes.empty() && stopping && done_running()) break;
                 batch.swap(stores);
+                stores_bytes = 0;
                 updates.assign(std::make_move_iterator(outcomes.begin()),
                                std::make_move_iterator(outcomes.end()));
                 outcomes.clear();
@@ -732,10 +734,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 };
 
-SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads,
-                     std::uint64_t max_pending_events, HandlerLookup lookup, Metrics* metrics,
+SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads, PendingLimits pending_limits,
+                     HandlerLookup lookup, Metrics* metrics,
                      std::chrono::milliseconds poll_interval, std::size_t max_running_bytes)
-    : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, max_pending_events,
+    : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, pending_limits,
                                    std::move(lookup), metrics, poll_interval, max_running_bytes)) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
@@ -781,10 +783,15 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         r.done({SubmitResult::Status::overloaded, event->id, "shutting down"});
         return;
     }
-    if (impl_->stores.size() >= impl_->max_pending_events) {
+    const char* refused = nullptr;
+    if (impl_->stores.size() >= impl_->pending_limits.events) {
+        refused = "too many events waiting for the spool";
+    } else if (impl_->stores_bytes + event->body.size() > impl_->pending_limits.bytes) {
+        refused = "limits.max_pending_bytes reached: too many event bytes waiting for the spool";
+    }
+    if (refused) {
         lock.unlock();
-        r.done(
-            {SubmitResult::Status::overloaded, event->id, "too many events waiting for the spool"});
+        r.done({SubmitResult::Status::overloaded, event->id, refused});
         return;
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.
@@ -795,6 +802,7 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         impl_->running_from_memory += r.handlers.size();
         impl_->running_bytes += r.bytes_in_memory();
     }
+    impl_->stores_bytes += event->body.size();
     impl_->stores.push_back(std::move(r));
     if (impl_->writer_waiting) impl_->writer_cv.notify_one();
 }
@@ -883,6 +891,11 @@ void SpoolSink::stop(std::chrono::milliseconds timeout, const std::function<void
         impl_->writer_cv.notify_all();
     }
     impl_->writer.join();
+}
+
+void SpoolSink::set_pending_limits(PendingLimits limits) {
+    std::lock_guard lock(impl_->mutex);
+    impl_->pending_limits = limits;
 }
 
 SinkStats SpoolSink::stats() const {

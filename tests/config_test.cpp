@@ -255,6 +255,24 @@ TEST(Config, UnverifiedBodyBudgetIsAtLeastTheLargestBody) {
         "limits.max_body_bytes (2000), or no body of that size is ever read");
 }
 
+TEST(Config, PendingBytesAreAtLeastTheLargestBody) {
+    auto dflt = parse(config_text(one_endpoint, one_handler, ""));
+    ASSERT_TRUE(dflt) << dflt.error();
+    EXPECT_EQ(dflt.value().limits.max_pending_bytes, 64u << 20);
+    auto big = parse(
+        config_text(one_endpoint, one_handler, R"("limits": {"max_body_bytes": 134217728},)"));
+    ASSERT_TRUE(big) << big.error();
+    EXPECT_EQ(big.value().limits.max_pending_bytes, 134217728u);
+    auto set = parse(
+        config_text(one_endpoint, one_handler, R"("limits": {"max_pending_bytes": 2097152},)"));
+    ASSERT_TRUE(set) << set.error();
+    EXPECT_EQ(set.value().limits.max_pending_bytes, 2097152u);
+    expect_error(config_text(one_endpoint, one_handler,
+                             R"("limits": {"max_body_bytes": 2000, "max_pending_bytes": 1999},)"),
+                 "test.json: limits.max_pending_bytes: must be at least limits.max_body_bytes "
+                 "(2000), or no event of that size is ever accepted");
+}
+
 TEST(Config, LogSettings) {
     auto r = parse(
         config_text(one_endpoint, one_handler, R"("log": {"format": "text", "level": "debug"},)"));

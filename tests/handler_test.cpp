@@ -27,12 +27,17 @@ EventPtr event_of(const std::string& body) {
 }
 
 // Submits and returns what the sink answered.
+// The dispatcher answers before submit() returns.
+SubmitResult submit_result(EventSink& sink, const EventPtr& e, std::vector<HandlerPtr> handlers) {
+    SubmitResult result{SubmitResult::Status::failed, {}, "not answered"};
+    sink.submit(e, std::move(handlers), [&](SubmitResult r) { result = std::move(r); });
+    return result;
+}
 SubmitResult::Status submit(EventSink& sink, const EventPtr& e, std::vector<HandlerPtr> handlers) {
-    SubmitResult::Status status = SubmitResult::Status::failed;
-    sink.submit(e, std::move(handlers), [&](SubmitResult r) { status = r.status; });
-    return status;
+    return submit_result(sink, e, std::move(handlers)).status;
 }
 constexpr auto accepted = SubmitResult::Status::accepted;
+constexpr std::uint64_t plenty = 1ull << 30;  // a pending-bytes limit no test reaches
 
 DeliveryOutcome deliver_now(Handler& h, const EventPtr& e) {
     DeliveryOutcome out{false, "not called"};
@@ -208,7 +213,7 @@ class DispatcherTest : public ::testing::Test {
 };
 
 TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
-    Dispatcher d(2, 100);
+    Dispatcher d(2, {100, plenty});
     auto a = std::make_shared<CountingHandler>("a");
     auto b = std::make_shared<CountingHandler>("b");
     const auto e = event_of(test::sample("flag"));
@@ -230,7 +235,7 @@ TEST_F(DispatcherTest, DeliversToEveryHandlerAndLogsEachOutcome) {
 }
 
 TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
-    Dispatcher d(2, 100);
+    Dispatcher d(2, {100, plenty});
     auto other = std::make_shared<CountingHandler>("other");
     ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")),
                                {std::make_shared<ThrowingHandler>(), other}));
@@ -244,7 +249,7 @@ TEST_F(DispatcherTest, ThrowingHandlerIsAFailedDeliveryNotACrash) {
 }
 
 TEST_F(DispatcherTest, RefusesBeyondMaxPendingEvents) {
-    Dispatcher d(2, 1);
+    Dispatcher d(2, {1, plenty});
     auto gate = std::make_shared<GateHandler>();
     ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
     gate->wait_started(1);
@@ -256,8 +261,32 @@ TEST_F(DispatcherTest, RefusesBeyondMaxPendingEvents) {
     ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
 }
 
+// With the spool off, events stay in memory until delivered: a slow handler must not let signed
+// senders grow that without bound when bodies are large.
+TEST_F(DispatcherTest, RefusesBeyondMaxPendingBytesUntilDeliveriesEnd) {
+    const auto size = event_of(test::sample("flag"))->body.size();
+    Dispatcher d(2, {100, 2 * size + size / 2});  // two bodies fit, not three
+    auto gate = std::make_shared<GateHandler>();
+    const auto flag = [&] { return submit_result(d, event_of(test::sample("flag")), {gate}); };
+    ASSERT_EQ(accepted, flag().status);
+    ASSERT_EQ(accepted, flag().status);
+    const auto refused = flag();
+    EXPECT_EQ(refused.status, SubmitResult::Status::overloaded);
+    EXPECT_EQ(refused.error,
+              "limits.max_pending_bytes reached: too many event bytes waiting for delivery");
+    EXPECT_EQ(d.pending_events(), 2u);
+    d.set_pending_limits({100, 3 * size});  // a reload's limits apply to the next event
+    EXPECT_EQ(accepted, flag().status);
+    EXPECT_EQ(SubmitResult::Status::overloaded, flag().status);
+    gate->open();
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+    // Delivered events give their bytes back.
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(accepted, flag().status) << i;
+    ASSERT_TRUE(d.wait_idle(std::chrono::seconds(10)));
+}
+
 TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
-    Dispatcher d(2, 100);
+    Dispatcher d(2, {100, plenty});
     auto gate = std::make_shared<GateHandler>();
     auto fast = std::make_shared<CountingHandler>("fast");
     ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
@@ -274,7 +303,7 @@ TEST_F(DispatcherTest, SlowHandlerDoesNotHoldBackOthers) {
 TEST_F(DispatcherTest, StopDoesNotWaitForAHandlerThatNeverReturns) {
     auto gate = std::make_shared<GateHandler>();
     {
-        Dispatcher d(2, 100);
+        Dispatcher d(2, {100, plenty});
         ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {gate}));
         gate->wait_started(1);
         d.stop(std::chrono::milliseconds(0), {}, std::chrono::milliseconds(100));
@@ -295,7 +324,7 @@ TEST_F(DispatcherTest, StopDoesNotWaitForAHandlerThatNeverReturns) {
 TEST_F(DispatcherTest, StopFinishesQueuedDeliveries) {
     auto counter = std::make_shared<CountingHandler>("c");
     {
-        Dispatcher d(1, 1000);
+        Dispatcher d(1, {1000, plenty});
         for (int i = 0; i < 200; ++i)
             ASSERT_EQ(accepted, submit(d, event_of(test::sample("flag")), {counter}));
         d.stop(std::chrono::seconds(10));

@@ -14,6 +14,7 @@
 #include "sigsci/log.hpp"
 #include "sigsci/spool.hpp"
 #include "sigsci/spool_sink.hpp"
+#include "sqlite_test_db.hpp"
 #include "test_support.hpp"
 
 namespace sigsci {
@@ -465,7 +466,7 @@ class SpoolSinkTest : public ::testing::Test {
 
     void start() {
         sink = std::make_unique<SpoolSink>(
-            config, 2, 1000,
+            config, 2, pending_limits,
             [this](const std::string& name) -> HandlerPtr {
                 std::lock_guard lock(handlers_mutex);
                 const auto it = handlers.find(name);
@@ -521,6 +522,52 @@ class SpoolSinkTest : public ::testing::Test {
         return h;
     }
 
+    // What waits in memory for the next commit is bounded in count and in bytes. Another connection
+    // holds the spool's write lock, so the writer stays in one commit while events queue behind it.
+    // Submits up to 10 events (test_seq from first_seq, one size while under 90) and returns at
+    // which one (from 1) the first refusal came, 0 if none did; checks the others are delivered.
+    int first_refusal(const std::shared_ptr<FlakyHandler>& h, int first_seq, std::string& refusal) {
+        const auto delivered_before = h->calls().size();
+        test::Db other(config.path);
+        EXPECT_TRUE(other.exec("BEGIN IMMEDIATE")) << other.error;
+        std::mutex m;
+        std::condition_variable cv;
+        std::vector<SubmitResult> answers;
+        int refused_at = 0;
+        int submitted = 0;
+        for (int i = first_seq; i < first_seq + 10 && refused_at == 0; ++i) {
+            auto body = test::numbered(test::sample("flag"), i);  // all of one size
+            auto event = make_event("/hook", body, parse_envelope(body).value(),
+                                    std::chrono::system_clock::now());
+            ++submitted;
+            sink->submit(event, {h}, [&](SubmitResult r) {
+                std::lock_guard lock(m);
+                answers.push_back(std::move(r));
+                cv.notify_all();
+            });
+            std::lock_guard lock(m);  // a refusal is answered at once, before submit() returns
+            for (const auto& a : answers) {
+                if (a.status != SubmitResult::Status::accepted) {
+                    refused_at = submitted;
+                    refusal = a.error;
+                }
+            }
+        }
+        EXPECT_TRUE(other.exec("COMMIT")) << other.error;
+        std::unique_lock lock(m);
+        EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] {
+            return answers.size() == static_cast<std::size_t>(submitted);
+        }));
+        const auto accepted = std::count_if(answers.begin(), answers.end(), [](const auto& a) {
+            return a.status == SubmitResult::Status::accepted;
+        });
+        EXPECT_EQ(accepted, submitted - (refused_at > 0 ? 1 : 0));
+        lock.unlock();
+        EXPECT_TRUE(sink->wait_idle(std::chrono::seconds(20)));
+        EXPECT_EQ(h->calls().size(), delivered_before + static_cast<std::size_t>(accepted));
+        return refused_at;
+    }
+
     std::vector<Json> delivery_lines(const std::string& handler) {
         std::vector<Json> out;
         for (const auto& l : logs->lines()) {
@@ -534,6 +581,7 @@ class SpoolSinkTest : public ::testing::Test {
     SpoolConfig config;
     std::chrono::milliseconds poll_interval = SpoolSink::default_poll_interval;
     std::size_t max_running_bytes = SpoolSink::default_max_running_bytes;
+    PendingLimits pending_limits{1000, Limits::default_max_pending_bytes};
     std::shared_ptr<test::MemorySink> logs;
     std::mutex handlers_mutex;
     std::map<std::string, HandlerPtr> handlers;
@@ -936,6 +984,39 @@ TEST_F(SpoolSinkTest, FullSpoolRefusesNewEventsButKeepsRecordingOutcomes) {
     EXPECT_EQ(h->calls().size(), static_cast<std::size_t>(accepted));
     EXPECT_EQ(open_sqlite_spool(config.path)->stats().delivered,
               static_cast<std::uint64_t>(accepted));
+}
+
+TEST_F(SpoolSinkTest, EventsWaitingForTheCommitAreBoundedInCount) {
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    pending_limits = {2, Limits::default_max_pending_bytes};
+    start();
+    std::string refusal;
+    const int at = first_refusal(h, 10, refusal);
+    // Two wait; the commit the writer is stuck in holds at most two more.
+    EXPECT_GE(at, 3);
+    EXPECT_LE(at, 5);
+    EXPECT_EQ(refusal, "too many events waiting for the spool");
+}
+
+TEST_F(SpoolSinkTest, EventsWaitingForTheCommitAreBoundedInBytes) {
+    auto h = std::make_shared<FlakyHandler>("h", 0);
+    add(h);
+    const auto size = test::numbered(test::sample("flag"), 10).size();
+    pending_limits = {1000, size + size / 2};  // one body fits, not two
+    start();
+    std::string refusal;
+    const int at = first_refusal(h, 10, refusal);
+    // One waits; the commit the writer is stuck in holds at most one more.
+    EXPECT_GE(at, 2);
+    EXPECT_LE(at, 3);
+    EXPECT_EQ(refusal,
+              "limits.max_pending_bytes reached: too many event bytes waiting for the spool");
+    // A reload's limit applies to the next events: four wait, and four more at most commit.
+    sink->set_pending_limits({1000, 4 * size});
+    const int after = first_refusal(h, 20, refusal);
+    EXPECT_GE(after, 5);
+    EXPECT_LE(after, 9);
 }
 
 // The usual path writes no delivery rows: each success only moves the handler's mark, and the

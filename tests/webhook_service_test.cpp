@@ -27,6 +27,7 @@ class FakeSink final : public EventSink {
     void stop(std::chrono::milliseconds, const std::function<void()>&,
               std::chrono::milliseconds) override {}
     SinkStats stats() const override { return {7, 3}; }
+    void set_pending_limits(PendingLimits) override {}
 
     SubmitResult::Status result = SubmitResult::Status::accepted;
     std::vector<EventPtr> events;

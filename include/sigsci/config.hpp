@@ -33,6 +33,10 @@ struct Limits {
     std::uint32_t max_header_count = 100;
     std::chrono::milliseconds drain_timeout{10000};
     std::uint64_t max_pending_events = 65536;
+    // The bodies of those events, in bytes: what signed senders can make the daemon hold while
+    // the spool (or, with it off, a handler) is slower than they are. Never below max_body_bytes.
+    std::uint64_t max_pending_bytes = default_max_pending_bytes;
+    static constexpr std::uint64_t default_max_pending_bytes = 64ull << 20;
     // Request bodies being read and not yet verified, across all connections: what a client
     // without a key can make the daemon hold. Never below max_body_bytes.
     std::uint64_t max_unverified_body_bytes = default_max_unverified_body_bytes;

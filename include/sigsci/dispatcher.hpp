@@ -25,6 +25,14 @@ struct SubmitResult {
 
 using SubmitDone = std::function<void(SubmitResult)>;
 
+// How much may wait in memory before submit() answers overloaded: events accepted and waiting
+// for the spool's next commit (with the spool off: for their deliveries to end), counted and in
+// bytes of their bodies (limits.max_pending_events, limits.max_pending_bytes).
+struct PendingLimits {
+    std::uint64_t events;
+    std::uint64_t bytes;
+};
+
 struct SinkStats {
     std::uint64_t backlog = 0;              // deliveries not yet done
     std::uint64_t dead = 0;                 // dead-lettered deliveries
@@ -47,13 +55,15 @@ class EventSink {
                       const std::function<void()>& on_timeout = {},
                       std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) = 0;
     virtual SinkStats stats() const = 0;
+    // A reload's new limits; events already waiting stay.
+    virtual void set_pending_limits(PendingLimits limits) = 0;
 };
 
 // The spool-disabled sink: events live in memory until delivered, one attempt each.
 class Dispatcher final : public EventSink {
   public:
     // `metrics`, if given, counts each delivery's outcome and must outlive the dispatcher.
-    Dispatcher(unsigned threads, std::uint64_t max_pending_events, Metrics* metrics = nullptr);
+    Dispatcher(unsigned threads, PendingLimits limits, Metrics* metrics = nullptr);
     ~Dispatcher() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
@@ -61,8 +71,8 @@ class Dispatcher final : public EventSink {
     void stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout = {},
               std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) override;
     SinkStats stats() const override;
+    void set_pending_limits(PendingLimits limits) override;
 
-    void set_max_pending_events(std::uint64_t n);
     std::uint64_t pending_events() const;
 
   private:

@@ -26,7 +26,7 @@ class SpoolSink final : public EventSink {
 
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
     // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
-    SpoolSink(SpoolConfig config, unsigned delivery_threads, std::uint64_t max_pending_events,
+    SpoolSink(SpoolConfig config, unsigned delivery_threads, PendingLimits pending_limits,
               HandlerLookup lookup, Metrics* metrics = nullptr,
               std::chrono::milliseconds poll_interval = default_poll_interval,
               std::size_t max_running_bytes = default_max_running_bytes);
@@ -37,6 +37,7 @@ class SpoolSink final : public EventSink {
     void stop(std::chrono::milliseconds timeout, const std::function<void()>& on_timeout = {},
               std::chrono::milliseconds terminate_wait = std::chrono::seconds(5)) override;
     SinkStats stats() const override;
+    void set_pending_limits(PendingLimits limits) override;
 
   private:
     struct Impl;
