@@ -299,31 +299,47 @@ std::size_t ExecHandler::running() const {
 }
 
 void ExecHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    auto argv = expand_argv(config_.command, event->doc());
+    {
+        std::unique_lock lock(mutex_);
+        if (terminated_) {
+            lock.unlock();
+            done({false, stopping_message, Json::object()});
+            return;
+        }
+        if (running_ >= config_.max_concurrent) {
+            waiting_.push_back({event, std::move(done)});
+            return;
+        }
+        ++running_;
+    }
+    if (!launch({event, std::move(done)})) finished(nullptr);
+}
+
+// In a slot counted in running_: makes the command and starts it. False when it was not started
+// (its outcome reported), so the slot is free for the next.
+bool ExecHandler::launch(Waiting w) {
+    auto argv = expand_argv(config_.command, w.event->doc());
     if (!argv) {
-        done({false, argv.error() + "; the command was not run", Json::object()});
-        return;
+        w.done({false, argv.error() + "; the command was not run", Json::object()});
+        return false;
     }
     auto job = std::make_shared<Job>(handler_reactor());
     job->handler = shared_from_this();
-    job->event = event;
+    job->event = std::move(w.event);
     job->argv = std::move(argv).value();
-    job->envp = child_environment(*event, config_.env);
-    job->done = std::move(done);
-    std::unique_lock lock(mutex_);
-    if (terminated_) {
-        lock.unlock();
-        job->done({false, stopping_message, Json::object()});
-        return;
+    job->envp = child_environment(*job->event, config_.env);
+    job->done = std::move(w.done);
+    {
+        std::unique_lock lock(mutex_);
+        if (terminated_) {  // terminate() would not see it among the active
+            lock.unlock();
+            job->done({false, stopping_message, Json::object()});
+            return false;
+        }
+        active_.push_back(job);
     }
-    if (running_ >= config_.max_concurrent) {
-        waiting_.push_back(std::move(job));
-        return;
-    }
-    ++running_;
-    active_.push_back(job);
-    lock.unlock();
     start(std::move(job));
+    return true;
 }
 
 void ExecHandler::start(std::shared_ptr<Job> job) {
@@ -402,27 +418,32 @@ void ExecHandler::start(std::shared_ptr<Job> job) {
     });
 }
 
+// A slot is free: `job` ended (or, null, a delivery never started). The slot goes to the next
+// waiting delivery, if any.
 void ExecHandler::finished(const std::shared_ptr<Job>& job) {
-    std::shared_ptr<Job> next;
-    {
-        std::lock_guard lock(mutex_);
-        --running_;
-        std::erase_if(active_, [&](const std::weak_ptr<Job>& w) {
-            const auto j = w.lock();
-            return !j || j == job;
-        });
-        if (!waiting_.empty() && !terminated_) {
+    for (;;) {
+        Waiting next;
+        {
+            std::lock_guard lock(mutex_);
+            if (job) {
+                std::erase_if(active_, [&](const std::weak_ptr<Job>& w) {
+                    const auto j = w.lock();
+                    return !j || j == job;
+                });
+            }
+            if (waiting_.empty() || terminated_) {
+                --running_;
+                return;
+            }
             next = std::move(waiting_.front());
             waiting_.pop_front();
-            ++running_;
-            active_.push_back(next);
         }
+        if (launch(std::move(next))) return;
     }
-    if (next) start(std::move(next));
 }
 
 void ExecHandler::terminate() {
-    std::deque<std::shared_ptr<Job>> waiting;
+    std::deque<Waiting> waiting;
     std::vector<std::shared_ptr<Job>> active;
     {
         std::lock_guard lock(mutex_);
@@ -437,10 +458,7 @@ void ExecHandler::terminate() {
             if (job->pid > 0) job->stop("stopped at shutdown", grace);
         });
     }
-    for (auto& job : waiting) {
-        auto cb = std::move(job->done);
-        cb({false, stopping_message, Json::object()});
-    }
+    for (auto& w : waiting) w.done({false, stopping_message, Json::object()});
 }
 
 HandlerSpec parse_exec_handler(const std::string& name, ConfigObject& cfg,

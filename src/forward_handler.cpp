@@ -54,10 +54,10 @@ struct Connection {
     }
 };
 
+// A delivery, running or waiting for a slot. Its request (the body rendered from the event's
+// JSON, or copied from it) is made once it has a slot, so a queue holds no more than its events.
 struct Job {
     EventPtr event;
-    std::string body;
-    std::string signature;  // empty unless re-signing
     DeliveryDone done;
 };
 
@@ -171,7 +171,13 @@ struct ForwardHandler::Impl : std::enable_shared_from_this<Impl> {
     static asio::awaitable<void> run(std::shared_ptr<Impl> self, Job job) {
         DeliveryOutcome outcome;
         try {
-            outcome = co_await self->attempt(job);
+            auto req = self->make_request(*job.event);
+            if (req) {
+                outcome = co_await self->attempt(req.value());
+            } else {
+                // The same template and event would fail the same way every time.
+                outcome = failure("body template: " + req.error(), self->details(), true);
+            }
         } catch (const std::exception& e) {
             outcome = failure(std::string("forward failed: ") + e.what(), self->details());
         }
@@ -184,16 +190,23 @@ struct ForwardHandler::Impl : std::enable_shared_from_this<Impl> {
         }
     }
 
-    http::request<http::string_body> make_request(const Job& job) const {
+    Result<http::request<http::string_body>> make_request(const Event& event) const {
         http::request<http::string_body> req{http::string_to_verb(config.method), config.url.target,
                                              11};
+        if (config.body) {
+            auto body = config.body->render(event.doc());
+            if (!body) return Error{body.error()};
+            req.body() = std::move(body).value();
+        } else {
+            req.body() = event.body;
+        }
         req.set(http::field::host, config.url.host_header());
         req.set(http::field::user_agent, "sigsci-webhookd/" SIGSCI_VERSION);
         req.set(http::field::content_type, "application/json");
         for (const auto& [key, value] : config.headers) req.set(key, value);
-        if (!job.signature.empty()) req.set(config.sign_header, job.signature);
+        if (config.sign_key)
+            req.set(config.sign_header, to_hex(hmac_sha256(*config.sign_key, req.body())));
         req.keep_alive(true);
-        req.body() = job.body;
         req.prepare_payload();
         return req;
     }
@@ -249,9 +262,8 @@ struct ForwardHandler::Impl : std::enable_shared_from_this<Impl> {
         co_return "";
     }
 
-    asio::awaitable<DeliveryOutcome> attempt(const Job& job) {
+    asio::awaitable<DeliveryOutcome> attempt(const http::request<http::string_body>& req) {
         const auto deadline = std::chrono::steady_clock::now() + config.timeout;
-        const auto req = make_request(job);
         auto timed_out = [&] {
             return failure(
                 "timed out after " + std::to_string(config.timeout.count()) + " ms (timeout_ms)",
@@ -350,20 +362,7 @@ ForwardHandler::~ForwardHandler() {
 }
 
 void ForwardHandler::deliver(const EventPtr& event, DeliveryDone done) {
-    Job job{event, {}, {}, std::move(done)};
-    if (impl_->config.body) {
-        auto body = impl_->config.body->render(event->doc());
-        if (!body) {
-            // The same template and event would fail the same way every time.
-            job.done(failure("body template: " + body.error(), impl_->details(), true));
-            return;
-        }
-        job.body = std::move(body).value();
-    } else {
-        job.body = event->body;
-    }
-    if (impl_->config.sign_key)
-        job.signature = to_hex(hmac_sha256(*impl_->config.sign_key, job.body));
+    Job job{event, std::move(done)};
     asio::post(impl_->strand,
                [impl = impl_, job = std::move(job)]() mutable { impl->enqueue(std::move(job)); });
 }

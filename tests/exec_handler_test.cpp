@@ -6,10 +6,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -270,6 +273,51 @@ TEST_F(ExecTest, ConcurrencyLimitIsHeldAndExcessWaits) {
               std::set<std::string>(ids.begin(), ids.begin() + 2));
     EXPECT_EQ(std::set<std::string>(started.begin(), started.end()),
               std::set<std::string>(ids.begin(), ids.end()));
+}
+
+// A delivery waiting for a slot holds only its event: its command is made (and the event's JSON
+// parsed for it) when its turn comes. One that cannot be made then gives the slot to the next.
+TEST_F(ExecTest, AWaitingDeliveryIsMadeIntoACommandOnlyWhenItsTurnComes) {
+    const auto fifo = dir / "gate";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    // The first run reads the FIFO (so it runs until the test writes to it); the others exit.
+    auto c = sh("[ -p \"$1\" ] && cat \"$1\" > /dev/null; true");
+    c.command.push_back("sh");
+    c.command.push_back("{/payload/wait}");
+    c.max_concurrent = 1;
+    auto h = handler(c);
+    const auto event_waiting_on = [](const std::optional<std::string>& path) {
+        auto doc = Json::parse(test::sample("flag"));
+        if (path) doc["payload"]["wait"] = *path;
+        const auto body = doc.dump();
+        return make_event("/sigsci/prod", body, parse_envelope(body).value(),
+                          std::chrono::system_clock::now());
+    };
+    std::vector<std::future<DeliveryOutcome>> f;
+    for (const auto& path : {std::optional<std::string>(fifo.string()),
+                             std::optional<std::string>(), std::optional<std::string>("none")}) {
+        auto promise = std::make_shared<std::promise<DeliveryOutcome>>();
+        f.push_back(promise->get_future());
+        h->deliver(event_waiting_on(path),
+                   [promise](DeliveryOutcome o) { promise->set_value(std::move(o)); });
+    }
+    // The second has no /payload/wait, but nobody looked yet: the first still holds the slot.
+    EXPECT_EQ(f[1].wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+    {
+        std::ofstream gate(fifo);  // opens once the first run opens its end
+        gate << "go\n";
+    }
+    ASSERT_EQ(f[0].wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    const auto first = f[0].get();
+    EXPECT_TRUE(first.ok) << first.error;
+    ASSERT_EQ(f[1].wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    EXPECT_EQ(f[1].get().error,
+              "command[4]: /payload/wait is not in the event; the command was not run");
+    ASSERT_EQ(f[2].wait_for(std::chrono::seconds(30)), std::future_status::ready)
+        << "the slot was not given on after a command that could not be made";
+    const auto third = f[2].get();
+    EXPECT_TRUE(third.ok) << third.error;
+    EXPECT_EQ(h->running(), 0u);
 }
 
 TEST_F(ExecTest, DaemonFdsDoNotReachTheChild) {

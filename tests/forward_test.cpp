@@ -300,6 +300,43 @@ TEST(ForwardHandler, TemplateThatCannotRenderIsDeadAtOnce) {
     EXPECT_TRUE(receiver.requests().empty());
 }
 
+// A delivery waiting for a slot holds only its event: its body is rendered when its turn comes,
+// and one that cannot be rendered then gives the slot to the next.
+TEST(ForwardHandler, AWaitingDeliveryIsRenderedOnlyWhenItsTurnComes) {
+    test::TestReceiver receiver;
+    receiver.script({{200, {}, "", true}});  // the first request is never answered
+    auto c = config_for("http://127.0.0.1:" + std::to_string(receiver.port()) + "/");
+    c.max_concurrent = 1;
+    c.timeout = 2s;
+    c.body = BodyTemplate::compile(Json::parse(R"({"site": "{/payload/siteName}"})")).value();
+    ForwardHandler handler("fwd", c);
+    const auto flag = [](bool with_site) {
+        auto doc = Json::parse(test::sample("flag"));
+        if (with_site) doc["payload"]["siteName"] = "www";
+        return event_of(doc.dump());
+    };
+    std::vector<std::future<DeliveryOutcome>> f;
+    for (const bool with_site : {true, false, true}) {
+        auto promise = std::make_shared<std::promise<DeliveryOutcome>>();
+        f.push_back(promise->get_future());
+        handler.deliver(flag(with_site),
+                        [promise](DeliveryOutcome o) { promise->set_value(std::move(o)); });
+    }
+    // The second cannot be rendered, but nobody tried yet: the first holds the slot.
+    EXPECT_EQ(f[1].wait_for(0s), std::future_status::timeout);
+    ASSERT_EQ(f[0].wait_for(20s), std::future_status::ready);
+    EXPECT_EQ(f[0].get().error, "timed out after 2000 ms (timeout_ms)");
+    ASSERT_EQ(f[1].wait_for(20s), std::future_status::ready);
+    const auto second = f[1].get();
+    EXPECT_TRUE(second.permanent);
+    EXPECT_EQ(second.error, "body template: /payload/siteName is not in the event");
+    ASSERT_EQ(f[2].wait_for(20s), std::future_status::ready);
+    const auto third = f[2].get();
+    EXPECT_TRUE(third.ok) << third.error;
+    ASSERT_EQ(receiver.requests().size(), 2u);
+    EXPECT_EQ(receiver.requests().at(1).body, R"({"site":"www"})");
+}
+
 // ---- config --------------------------------------------------------------------------------
 
 Result<Config> forward_config(const std::string& handler) {

@@ -48,13 +48,21 @@ class ExecHandler final : public Handler, public std::enable_shared_from_this<Ex
     struct Job;
 
   private:
+    // A delivery waiting for a slot: only the event and its callback. The command is made from
+    // the event (which may parse its JSON) and the process's state allocated once a slot is
+    // free, so a queue behind a slow command holds no more than its events.
+    struct Waiting {
+        EventPtr event;
+        DeliveryDone done;
+    };
+    bool launch(Waiting w);
     void start(std::shared_ptr<Job> job);
     void finished(const std::shared_ptr<Job>& job);
 
     ExecConfig config_;
     mutable std::mutex mutex_;
     std::size_t running_ = 0;
-    std::deque<std::shared_ptr<Job>> waiting_;  // beyond max_concurrent, in arrival order
+    std::deque<Waiting> waiting_;  // beyond max_concurrent, in arrival order
     std::vector<std::weak_ptr<Job>> active_;
     bool terminated_ = false;
 };
