@@ -529,6 +529,7 @@ class SpoolSinkTest : public ::testing::Test {
     int first_refusal(const std::shared_ptr<FlakyHandler>& h, int first_seq, std::string& refusal) {
         const auto delivered_before = h->calls().size();
         test::Db other(config.path);
+        sqlite3_busy_timeout(other.db, 10000);  // the writer may be committing outcomes
         EXPECT_TRUE(other.exec("BEGIN IMMEDIATE")) << other.error;
         std::mutex m;
         std::condition_variable cv;
