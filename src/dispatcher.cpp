@@ -3,6 +3,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 
 #include "sigsci/log.hpp"
 #include "sigsci/metrics.hpp"
@@ -34,15 +35,22 @@ void Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers,
     const auto bytes = event->body.size();
     if (!handlers.empty()) {
         std::unique_lock lock(impl_->mutex);
-        const char* refused = nullptr;
-        if (impl_->stopped || impl_->pending >= impl_->limits.events) {
-            refused = "too many events waiting for delivery";
+        std::optional<SubmitResult> refused;
+        if (impl_->stopped) {
+            refused = {SubmitResult::Status::overloaded, event->id, "shutting down",
+                       Overload::shutting_down};
+        } else if (impl_->pending >= impl_->limits.events) {
+            refused = {SubmitResult::Status::overloaded, event->id,
+                       "too many events waiting for delivery", Overload::max_pending_events};
         } else if (impl_->pending_bytes + bytes > impl_->limits.bytes) {
-            refused = "limits.max_pending_bytes reached: too many event bytes waiting for delivery";
+            refused = {
+                SubmitResult::Status::overloaded, event->id,
+                "limits.max_pending_bytes reached: too many event bytes waiting for delivery",
+                Overload::max_pending_bytes};
         }
         if (refused) {
             lock.unlock();
-            done({SubmitResult::Status::overloaded, event->id, refused});
+            done(std::move(*refused));
             return;
         }
         ++impl_->pending;

@@ -175,6 +175,7 @@ struct Metrics::Impl {
     std::atomic<std::uint64_t> connections{0};
     std::atomic<std::uint64_t> reloads_ok{0};
     std::atomic<std::uint64_t> reloads_failed{0};
+    std::array<std::atomic<std::uint64_t>, overload_kinds> overloads{};
 
     mutable std::mutex mutex;                                    // guards everything below
     Counters by_status;                                          // (endpoint, status)
@@ -243,6 +244,28 @@ void Metrics::reload(bool ok) {
     (ok ? impl_->reloads_ok : impl_->reloads_failed).fetch_add(1, std::memory_order_relaxed);
 }
 
+std::string_view to_string(Overload why) {
+    switch (why) {
+        case Overload::max_connections:
+            return "max_connections";
+        case Overload::max_connections_per_ip:
+            return "max_connections_per_ip";
+        case Overload::max_unverified_body_bytes:
+            return "max_unverified_body_bytes";
+        case Overload::max_pending_events:
+            return "max_pending_events";
+        case Overload::max_pending_bytes:
+            return "max_pending_bytes";
+        case Overload::shutting_down:
+            return "shutting_down";
+    }
+    return "unknown";
+}
+
+void Metrics::overloaded(Overload why) {
+    impl_->overloads[static_cast<std::size_t>(why)].fetch_add(1, std::memory_order_relaxed);
+}
+
 void Metrics::connection_opened() {
     impl_->connections.fetch_add(1, std::memory_order_relaxed);
 }
@@ -280,6 +303,14 @@ std::string Metrics::render(const SinkStats& sink) const {
     sample(out, "reloads_total", {{"result", "ok"}}, std::to_string(impl_->reloads_ok.load()));
     sample(out, "reloads_total", {{"result", "failed"}},
            std::to_string(impl_->reloads_failed.load()));
+
+    header(out, "overloaded_total", "counter",
+           "Requests and webhook connections refused with 503 for want of capacity, by the limit "
+           "they met.");
+    for (std::size_t i = 0; i < overload_kinds; ++i) {
+        sample(out, "overloaded_total", {{"limit", to_string(static_cast<Overload>(i))}},
+               std::to_string(impl_->overloads[i].load(std::memory_order_relaxed)));
+    }
 
     std::lock_guard lock(impl_->mutex);
     counter_family(out, "requests_total", "Webhook requests answered, by endpoint and status.",

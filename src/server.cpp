@@ -358,15 +358,19 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
             if (admin_connections >= max_admin_connections) return "admin connections reached 64";
             ++admin_connections;
         } else {
-            if (connections.size() - admin_connections >= limits.max_connections)
+            auto* m = service.metrics();
+            if (connections.size() - admin_connections >= limits.max_connections) {
+                if (m) m->overloaded(Overload::max_connections);
                 return "max_connections reached";
+            }
             auto& from_ip = per_ip[c->remote_ip];
             if (limits.max_connections_per_ip != 0 && from_ip >= limits.max_connections_per_ip) {
                 if (from_ip == 0) per_ip.erase(c->remote_ip);
+                if (m) m->overloaded(Overload::max_connections_per_ip);
                 return "max_connections_per_ip reached";
             }
             ++from_ip;
-            if (auto* m = service.metrics()) m->connection_opened();
+            if (m) m->connection_opened();
         }
         connections.insert(c);
         return std::nullopt;
@@ -630,6 +634,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                         done = parser.is_done();
                     }
                     if (over_budget) {
+                        if (auto* m = service.metrics())
+                            m->overloaded(Overload::max_unverified_body_bytes);
                         res = error_response(503, "overloaded");
                         res.endpoint = endpoint.path;
                         res.error = "limits.max_unverified_body_bytes reached";

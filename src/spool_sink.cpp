@@ -780,18 +780,22 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     std::unique_lock lock(impl_->mutex);
     if (impl_->draining) {
         lock.unlock();
-        r.done({SubmitResult::Status::overloaded, event->id, "shutting down"});
+        r.done({SubmitResult::Status::overloaded, event->id, "shutting down",
+                Overload::shutting_down});
         return;
     }
-    const char* refused = nullptr;
+    std::optional<SubmitResult> refused;
     if (impl_->stores.size() >= impl_->pending_limits.events) {
-        refused = "too many events waiting for the spool";
+        refused = {SubmitResult::Status::overloaded, event->id,
+                   "too many events waiting for the spool", Overload::max_pending_events};
     } else if (impl_->stores_bytes + event->body.size() > impl_->pending_limits.bytes) {
-        refused = "limits.max_pending_bytes reached: too many event bytes waiting for the spool";
+        refused = {SubmitResult::Status::overloaded, event->id,
+                   "limits.max_pending_bytes reached: too many event bytes waiting for the spool",
+                   Overload::max_pending_bytes};
     }
     if (refused) {
         lock.unlock();
-        r.done({SubmitResult::Status::overloaded, event->id, refused});
+        r.done(std::move(*refused));
         return;
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.

@@ -241,6 +241,8 @@ Response WebhookService::answer(const Event& event, bool unrouted,
             return r;
         case Status::overloaded:
         case Status::failed: {
+            if (result.status == Status::overloaded && metrics_)
+                metrics_->overloaded(result.overload);
             auto e = error_response(
                 503, result.status == Status::overloaded ? "overloaded" : "cannot store event");
             e.endpoint = r.endpoint;

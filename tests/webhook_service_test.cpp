@@ -15,7 +15,7 @@ class FakeSink final : public EventSink {
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override {
         if (result != SubmitResult::Status::accepted) {
             done({result, result == SubmitResult::Status::duplicate ? "original-id" : event->id,
-                  "sink said no"});
+                  "sink said no", overload});
             return;
         }
         events.push_back(event);
@@ -30,6 +30,7 @@ class FakeSink final : public EventSink {
     void set_pending_limits(PendingLimits) override {}
 
     SubmitResult::Status result = SubmitResult::Status::accepted;
+    Overload overload = Overload::max_pending_events;
     std::vector<EventPtr> events;
     std::vector<std::vector<std::string>> routed;
 };
@@ -51,7 +52,7 @@ class WebhookServiceTest : public ::testing::Test {
         auto cfg = parse_config(config_json, "t.json", ".");
         ASSERT_TRUE(cfg) << cfg.error();
         service = std::make_unique<WebhookService>(Runtime::build(std::move(cfg).value()));
-        service->attach(sink);
+        service->attach(sink, &metrics);
         rt = service->snapshot();
     }
     void TearDown() override { log::configure(log::Format::json, log::Level::info); }
@@ -79,6 +80,7 @@ class WebhookServiceTest : public ::testing::Test {
     }
 
     std::shared_ptr<test::MemorySink> sink_log;
+    Metrics metrics;
     FakeSink sink;
     std::unique_ptr<WebhookService> service;
     std::shared_ptr<const Runtime> rt;
@@ -212,13 +214,20 @@ TEST_F(WebhookServiceTest, UnroutedEventIsAcceptedAndLogged) {
     }));
 }
 
-TEST_F(WebhookServiceTest, OverloadedSinkIs503) {
+TEST_F(WebhookServiceTest, OverloadedSinkIs503AndCountedByTheLimitItMet) {
     sink.result = SubmitResult::Status::overloaded;
+    sink.overload = Overload::max_pending_bytes;
     const std::string body = R"({"type":"flag"})";
     const auto r = handle_body(hook(), to_hex(hmac_sha256("new", body)), body);
     EXPECT_EQ(r.status, 503);
     EXPECT_EQ(r.body, R"({"error":"overloaded"})");
     EXPECT_EQ(r.error, "sink said no");
+    const auto text = metrics.render({});
+    EXPECT_NE(text.find("sigsci_webhookd_overloaded_total{limit=\"max_pending_bytes\"} 1\n"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("sigsci_webhookd_overloaded_total{limit=\"max_pending_events\"} 0\n"),
+              std::string::npos);
 }
 
 TEST_F(WebhookServiceTest, StoreFailureIs503) {

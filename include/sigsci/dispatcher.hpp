@@ -11,16 +11,16 @@
 
 #include "sigsci/delivery.hpp"
 #include "sigsci/handler.hpp"
+#include "sigsci/metrics.hpp"
 
 namespace sigsci {
-
-class Metrics;
 
 struct SubmitResult {
     enum class Status { accepted, duplicate, overloaded, failed };
     Status status = Status::accepted;
     std::string id;     // the event's id; for a duplicate, the original event's id
     std::string error;  // for overloaded and failed: why, for the log
+    Overload overload = Overload::max_pending_events;  // for overloaded: the limit it met
 };
 
 using SubmitDone = std::function<void(SubmitResult)>;

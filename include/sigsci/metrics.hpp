@@ -13,6 +13,18 @@ namespace sigsci {
 
 struct SinkStats;
 
+// The limit that a 503 "overloaded" answer, or a refused connection, met.
+enum class Overload : std::uint8_t {
+    max_connections,
+    max_connections_per_ip,
+    max_unverified_body_bytes,
+    max_pending_events,
+    max_pending_bytes,
+    shutting_down,  // not a limit: the daemon was stopping
+};
+inline constexpr std::size_t overload_kinds = 6;
+std::string_view to_string(Overload why);
+
 class Metrics {
   public:
     // Distinct event types kept per endpoint; later ones are counted as type "_other", so a
@@ -36,6 +48,8 @@ class Metrics {
     // One spool commit that stored `events` new events, and how long it took.
     void spool_commit(double seconds, std::size_t events);
     void reload(bool ok);
+    // A request or webhook connection refused with 503 for want of capacity.
+    void overloaded(Overload why);
     void connection_opened();
     void connection_closed();
 
