@@ -367,6 +367,10 @@ void ForwardHandler::deliver(const EventPtr& event, DeliveryDone done) {
                [impl = impl_, job = std::move(job)]() mutable { impl->enqueue(std::move(job)); });
 }
 
+std::size_t ForwardHandler::max_in_flight() const {
+    return impl_->config.max_concurrent * in_flight_per_concurrent;
+}
+
 void ForwardHandler::terminate() {
     asio::post(impl_->strand, [impl = impl_] { impl->terminate(); });
 }

@@ -27,11 +27,12 @@ namespace {
 
 using Clock = std::chrono::system_clock;
 
-// Deliveries running at once; beyond it, accepted events wait in the spool for the poller.
-constexpr std::size_t max_in_flight = 1024;
+constexpr std::size_t max_in_flight = SpoolSink::max_in_flight;
 // A poller that filled every free slot looks again once this many are free, so that catching up
 // on a backlog starts deliveries by the hundred rather than one pass per freed slot.
 constexpr std::size_t refill_slots = max_in_flight / 8;
+// A handler that ran all it may is looked at again once an eighth of that is free.
+constexpr std::size_t refill_share = 8;
 constexpr auto stats_interval = std::chrono::seconds(2);
 constexpr auto prune_interval = std::chrono::seconds(60);
 constexpr auto stats_log_interval = std::chrono::seconds(60);
@@ -175,6 +176,12 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // (they have no row the poller could find).
     std::set<Claim> claims;
     std::size_t running_from_memory = 0;
+    // Per handler, deliveries of both kinds, and how many it may run (Handler::max_in_flight).
+    struct Running {
+        std::size_t count = 0;
+        std::size_t limit = max_in_flight;
+    };
+    std::map<std::string, Running, std::less<>> running_by_handler;
     std::size_t running_bytes = 0;  // their events' bodies, one per delivery
     // stop() has begun: submit() refuses new events, but until `stopping` deliveries still
     // start, those the poller finds due in the spool included (events beyond max_in_flight), so
@@ -192,6 +199,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // Due deliveries wait in the spool for free slots (a poller pass filled them all, or events
     // beyond max_in_flight were stored with rows): wake the poller when some free up.
     bool starved = false;
+    // Handlers running all they may at the last pass, whose deliveries may wait in the spool.
+    std::set<std::string, std::less<>> capped;
     std::size_t waiting_bytes = 0;  // the body that ended the last pass for want of running_bytes
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
     std::uint64_t commits = 0;
@@ -215,12 +224,39 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::thread poller;
 
     std::size_t running() const { return claims.size() + running_from_memory; }  // under mutex
+    // Under mutex: whether `handler` may run one more delivery (Handler::max_in_flight).
+    bool handler_has_slot(std::string_view handler) const {
+        const auto it = running_by_handler.find(handler);
+        return it == running_by_handler.end() || it->second.count < it->second.limit;
+    }
+    // Under mutex: a delivery of `handler` (null: no longer configured) starts.
+    void count_started(std::string_view name, const Handler* handler) {
+        auto it = running_by_handler.find(name);
+        if (it == running_by_handler.end())
+            it = running_by_handler.emplace(std::string(name), Running{}).first;
+        ++it->second.count;
+        it->second.limit = std::clamp<std::size_t>(
+            handler ? handler->max_in_flight() : max_in_flight, 1, max_in_flight);
+    }
+    // Under mutex: a delivery of `handler` ended.
+    void count_ended(std::string_view name) {
+        const auto it = running_by_handler.find(name);
+        if (it != running_by_handler.end() && --it->second.count == 0) running_by_handler.erase(it);
+    }
     // Under mutex: deliveries wait in the spool, and enough slots and bytes are free for the
-    // poller's next pass (the body that ended its last pass among them).
+    // poller's next pass (the body that ended its last pass among them), or enough of the share
+    // of a handler that had run all of it.
     bool refill_due() const {
-        return starved && running() + refill_slots <= max_in_flight &&
-               running_bytes <= max_running_bytes - max_running_bytes / 8 &&
-               bytes_free(waiting_bytes);
+        if (starved && running() + refill_slots <= max_in_flight &&
+            running_bytes <= max_running_bytes - max_running_bytes / 8 &&
+            bytes_free(waiting_bytes)) {
+            return true;
+        }
+        return std::any_of(capped.begin(), capped.end(), [&](const std::string& h) {
+            const auto it = running_by_handler.find(h);
+            return it == running_by_handler.end() ||
+                   it->second.count + it->second.limit / refill_share <= it->second.limit;
+        });
     }
     // Under mutex: whether deliveries holding `bytes` more may start (one always may).
     bool bytes_free(std::size_t bytes) const {
@@ -478,6 +514,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             } else {
                 claims.erase({u.event_id, u.update.handler});
             }
+            count_ended(u.update.handler);
             running_bytes -= u.bytes;
             if (u.update.state == DeliveryState::pending &&
                 u.update.next_attempt_ms < next_retry_ms) {
@@ -495,6 +532,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     void release_claims(const StoreRequest& r) {
         std::lock_guard lock(mutex);
         running_from_memory -= r.handlers.size();
+        for (const auto& h : r.handlers) count_ended(h->name());
         running_bytes -= r.bytes_in_memory();
         idle_cv.notify_all();
     }
@@ -614,6 +652,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 }
                 if (stopping) break;
                 starved = false;
+                capped.clear();
                 waiting_bytes = 0;
                 drain_poll_wanted = false;
                 pass = ++passes;
@@ -668,12 +707,32 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         bool found = false;
         std::map<const Handler*, DeliveryGroup> by_handler;
+        // Handlers running their whole share are not asked for: what is due for the others is
+        // found past however many rows those have waiting.
+        std::vector<std::string> full;
+        {
+            std::lock_guard lock(mutex);
+            for (const auto& [name, r] : running_by_handler) {
+                if (r.count >= r.limit) {
+                    full.push_back(name);
+                    capped.insert(name);
+                }
+            }
+        }
+        found = !full.empty();  // their rows may be due: the drain looks again
         // Claimed rows are still pending in the spool, so ask for enough to see past them.
-        for (const auto& row : reader_db->due(now_unix_ms(), free + claimed)) {
+        for (const auto& row : reader_db->due(now_unix_ms(), free + claimed, full)) {
             if (free == 0) break;
+            const auto handler = lookup(row.handler);
             {
                 std::lock_guard lock(mutex);
+                if (!handler_has_slot(row.handler)) {  // it filled up in this pass
+                    capped.insert(row.handler);
+                    found = true;
+                    continue;
+                }
                 if (stopping || !claims.insert({row.event_id, row.handler}).second) continue;
+                count_started(row.handler, handler.get());
             }
             --free;
             found = true;
@@ -683,10 +742,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             if (!stored) {
                 std::lock_guard lock(mutex);
                 claims.erase({row.event_id, row.handler});
+                count_ended(row.handler);
                 continue;
             }
             const auto event = restore_event(*stored);
-            const auto handler = lookup(row.handler);
             if (!event || !handler) {
                 const auto why = !event ? "stored body no longer parses"
                                         : "handler \"" + row.handler + "\" is no longer configured";
@@ -711,6 +770,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 if (!bytes_free(event->body.size())) {
                     // Large events: the rest waits until running deliveries give bytes back.
                     claims.erase({row.event_id, row.handler});
+                    count_ended(row.handler);
                     starved = true;
                     waiting_bytes = event->body.size();
                     break;
@@ -800,10 +860,13 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.
     if (impl_->running() + r.handlers.size() <= max_in_flight &&
-        impl_->bytes_free(r.bytes_in_memory())) {
+        impl_->bytes_free(r.bytes_in_memory()) &&
+        std::all_of(r.handlers.begin(), r.handlers.end(),
+                    [&](const HandlerPtr& h) { return impl_->handler_has_slot(h->name()); })) {
         r.fast = true;
         r.row.deliveries_in_memory = true;
         impl_->running_from_memory += r.handlers.size();
+        for (const auto& h : r.handlers) impl_->count_started(h->name(), h.get());
         impl_->running_bytes += r.bytes_in_memory();
     }
     impl_->stores_bytes += event->body.size();

@@ -220,13 +220,18 @@ class SqliteSpool final : public Spool {
         return n;
     }
 
-    std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) override {
+    std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit,
+                                 const std::vector<std::string>& skip) override {
         auto& s = stmt(
             "SELECT d.event_seq, e.id, d.handler, d.attempts FROM deliveries d JOIN events e "
             "ON e.seq = d.event_seq WHERE d.state = 'pending' AND d.next_attempt_ms <= ? "
-            "ORDER BY d.next_attempt_ms LIMIT ?");
+            "AND d.handler NOT IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_ms "
+            "LIMIT ?");
+        std::string skipped;
+        json_names(skip, skipped);
         bind(s, 1, now_ms);
-        bind(s, 2, static_cast<std::int64_t>(limit));
+        bind(s, 2, skipped);
+        bind(s, 3, static_cast<std::int64_t>(limit));
         std::vector<DueDelivery> out;
         while (step(s)) {
             out.push_back({column_int(s, 0), column_text(s, 1), column_text(s, 2),

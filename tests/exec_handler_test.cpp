@@ -241,6 +241,8 @@ TEST_F(ExecTest, ConcurrencyLimitIsHeldAndExcessWaits) {
                 log.string());
     c.max_concurrent = 2;
     auto h = handler(c);
+    // The spool hands it at most this many at once; the rest wait there, not in its queue.
+    EXPECT_EQ(h->max_in_flight(), 2 * Handler::in_flight_per_concurrent);
     std::vector<std::future<DeliveryOutcome>> futures;
     std::vector<std::string> ids;
     for (int i = 0; i < 6; ++i) {

@@ -193,6 +193,7 @@ TEST(ForwardHandler, ManyDeliveriesShareOneKeptAliveConnection) {
     auto c = config_for("http://127.0.0.1:" + std::to_string(receiver.port()) + "/");
     c.max_concurrent = 1;
     ForwardHandler handler("fwd", c);
+    EXPECT_EQ(handler.max_in_flight(), Handler::in_flight_per_concurrent);  // from the spool
     for (int i = 0; i < 20; ++i) {
         ASSERT_TRUE(deliver(handler, event_of(test::numbered(test::sample("flag"), i))).ok);
     }

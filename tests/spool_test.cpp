@@ -416,6 +416,7 @@ class FlakyHandler final : public Handler {
     void deliver(const EventPtr& e, DeliveryDone done) override {
         std::lock_guard lock(mutex_);
         ids.push_back(e->id);
+        called_.notify_all();
         if (static_cast<int>(ids.size()) <= failures_) {
             done({false, "transient failure " + std::to_string(ids.size())});
         } else {
@@ -433,6 +434,11 @@ class FlakyHandler final : public Handler {
         std::lock_guard lock(mutex_);
         return ids;
     }
+    // Whether `n` deliveries were made within 30 s.
+    bool wait_for_calls(std::size_t n) {
+        std::unique_lock lock(mutex_);
+        return called_.wait_for(lock, std::chrono::seconds(30), [&] { return ids.size() >= n; });
+    }
     std::vector<std::size_t> batches() {
         std::lock_guard lock(mutex_);
         return batch_sizes;
@@ -444,6 +450,7 @@ class FlakyHandler final : public Handler {
 
   private:
     std::mutex mutex_;
+    std::condition_variable called_;
     int failures_;
     std::vector<std::string> ids;
     std::vector<std::size_t> batch_sizes;
@@ -658,7 +665,10 @@ TEST_F(SpoolSinkTest, StopIsBoundedWhenADeliveryNeverReportsAndItStaysPending) {
 // Holds every delivery until opened; counts them.
 class GatedHandler final : public Handler {
   public:
-    GatedHandler() : Handler("gated") {}
+    // `max_in_flight`: as an exec or forward handler's is, a few times its max_concurrent.
+    explicit GatedHandler(std::size_t max_in_flight = SIZE_MAX)
+        : Handler("gated"), max_in_flight_(max_in_flight) {}
+    std::size_t max_in_flight() const override { return max_in_flight_; }
     void deliver(const EventPtr&, DeliveryDone done) override {
         std::unique_lock lock(mutex_);
         cv_.wait(lock, [&] { return open_; });
@@ -677,6 +687,7 @@ class GatedHandler final : public Handler {
     }
 
   private:
+    const std::size_t max_in_flight_;
     std::mutex mutex_;
     std::condition_variable cv_;
     bool open_ = false;
@@ -758,10 +769,33 @@ TEST_F(SpoolSinkTest, EventsBeyondTheSlotsAreDeliveredOnceSlotsFreeUp) {
     }
     // 1,024 run from memory; the rest have rows.
     EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"),
-              events - 1024);
+              events - static_cast<int>(SpoolSink::max_in_flight));
     gated->open();
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
     EXPECT_EQ(gated->delivered(), events);
+}
+
+// A handler that hangs holds at most its max_in_flight() of the slots; the other handlers'
+// deliveries go on, from memory and from the spool, without waiting for the poll (an hour away).
+TEST_F(SpoolSinkTest, AHandlerThatHangsDoesNotHoldBackTheOthers) {
+    auto gated = std::make_shared<GatedHandler>(64);
+    auto fast = std::make_shared<FlakyHandler>("fast", 0);
+    add(gated);
+    add(fast);
+    poll_interval = std::chrono::hours(1);
+    start();
+    const int events = 1500;  // beyond every slot: 1,024 of the hung handler's would fill them
+    const auto body = test::sample("flag");
+    for (int i = 0; i < events; ++i) {
+        ASSERT_EQ(submit(test::numbered(body, i), {gated, fast}).status,
+                  SubmitResult::Status::accepted);
+    }
+    EXPECT_TRUE(fast->wait_for_calls(events)) << fast->calls().size() << " delivered";
+    EXPECT_EQ(gated->delivered(), 0);
+    gated->open();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    EXPECT_EQ(gated->delivered(), events);
+    EXPECT_EQ(fast->calls().size(), static_cast<std::size_t>(events));
 }
 
 // A flag event numbered `i` whose body is exactly `size` bytes.

@@ -44,6 +44,9 @@ class ExecHandler final : public Handler, public std::enable_shared_from_this<Ex
     void terminate() override;
 
     std::size_t running() const;
+    std::size_t max_in_flight() const override {
+        return config_.max_concurrent * in_flight_per_concurrent;
+    }
 
     struct Job;
 

@@ -41,6 +41,7 @@ class ForwardHandler final : public Handler {
 
     void deliver(const EventPtr& event, DeliveryDone done) override;
     void terminate() override;
+    std::size_t max_in_flight() const override;
 
     // Connections this handler has opened so far (reuse shows as a small number).
     std::uint64_t connections_opened() const;

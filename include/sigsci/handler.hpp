@@ -52,6 +52,14 @@ class Handler {
         }
     }
 
+    // The most of its deliveries worth running at once. A handler that does only a few at a time
+    // (exec and forward: max_concurrent) is handed a few times that, and the spool keeps the
+    // rest, so that a slow or failing one never holds the slots the other handlers need.
+    virtual std::size_t max_in_flight() const { return SIZE_MAX; }  // no bound of its own
+    // What a handler with `max_concurrent` deliveries at a time is handed at once: enough that
+    // it never waits for the next between two of its own, few enough to leave the rest.
+    static constexpr std::size_t in_flight_per_concurrent = 16;
+
     // SIGHUP: reopen whatever files the handler writes (logrotate moved them away).
     virtual void reopen() {}
 

@@ -135,8 +135,9 @@ class Spool {
     // previous run left pending in memory gets its row. Returns how many rows were made due.
     virtual std::size_t resume_all(std::int64_t now_ms) = 0;
 
-    // Pending deliveries whose next attempt is due, oldest first.
-    virtual std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit) = 0;
+    // Pending deliveries whose next attempt is due, oldest first; none of the handlers in `skip`.
+    virtual std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit,
+                                         const std::vector<std::string>& skip = {}) = 0;
     // The delivery's event if the delivery is still pending, due, and at `attempts`, read in a
     // fresh snapshot: due()'s list may predate an outcome committed since.
     virtual std::optional<StoredEvent> load_if_due(const DueDelivery& delivery,

@@ -23,6 +23,9 @@ class SpoolSink final : public EventSink {
     // The bodies of the deliveries running at once (besides at most 1,024 of them), so that a
     // backlog of large events is not read into memory all at once: one always runs.
     static constexpr std::size_t default_max_running_bytes = 64 << 20;
+    // Deliveries running at once (and at most Handler::max_in_flight() of one handler); beyond
+    // it, accepted events wait in the spool for the poller.
+    static constexpr std::size_t max_in_flight = 1024;
 
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
     // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
