@@ -203,6 +203,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::set<std::string, std::less<>> capped;
     std::size_t waiting_bytes = 0;  // the body that ended the last pass for want of running_bytes
     std::int64_t next_retry_ms = INT64_MAX;  // earliest retry this process scheduled
+    // Commits of new events or of outcomes: wait_idle()'s sign that something moved on.
     std::uint64_t commits = 0;
     std::mt19937_64 rng;  // guarded by mutex
 
@@ -507,6 +508,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 "again",
                 {{"updates", updates.size()}});
         }
+        if (committed) ++commits;  // deliveries the poller started between two looks ended
         bool earlier_retry = false;
         for (const auto& u : updates) {
             if (u.in_memory) {
@@ -878,6 +880,7 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     auto probe = open_sqlite_spool(impl_->config.path);
     for (;;) {
+        std::uint64_t seen = 0;
         {
             std::unique_lock lock(impl_->mutex);
             if (!impl_->idle_cv.wait_until(lock, deadline, [&] {
@@ -886,11 +889,11 @@ bool SpoolSink::wait_idle(std::chrono::milliseconds timeout) {
                 })) {
                 return false;
             }
+            seen = impl_->commits;  // before the look below, so no commit after it is missed
         }
         // Nothing runs in memory; the spool tells whether retries are still waiting.
         if (probe->backlog_and_dead().first == 0) return true;
         std::unique_lock lock(impl_->mutex);
-        const auto seen = impl_->commits;
         if (!impl_->idle_cv.wait_until(
                 lock, std::min(deadline, std::chrono::steady_clock::now() + impl_->poll_interval),
                 [&] { return impl_->commits != seen; }) &&
