@@ -709,8 +709,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         bool found = false;
         std::map<const Handler*, DeliveryGroup> by_handler;
-        // Handlers running their whole share are not asked for: what is due for the others is
-        // found past however many rows those have waiting.
+        // Handlers running all they may (Handler::max_in_flight) are not asked for: what is due
+        // for the others is found past however many rows those have waiting.
         std::vector<std::string> full;
         {
             std::lock_guard lock(mutex);
