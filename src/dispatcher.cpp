@@ -24,6 +24,23 @@ struct Dispatcher::Impl {
     bool stopped = false;
 };
 
+std::optional<SubmitResult> pending_refusal(const PendingLimits& limits, std::uint64_t events,
+                                            std::uint64_t bytes, std::uint64_t body_bytes,
+                                            const std::string& id, std::string_view for_what) {
+    if (events >= limits.events) {
+        return SubmitResult{SubmitResult::Status::overloaded, id,
+                            "too many events waiting " + std::string(for_what),
+                            Overload::max_pending_events};
+    }
+    if (bytes + body_bytes > limits.bytes) {
+        return SubmitResult{SubmitResult::Status::overloaded, id,
+                            "limits.max_pending_bytes reached: too many event bytes waiting " +
+                                std::string(for_what),
+                            Overload::max_pending_bytes};
+    }
+    return std::nullopt;
+}
+
 Dispatcher::Dispatcher(unsigned threads, PendingLimits limits, Metrics* metrics)
     : impl_(std::make_shared<Impl>(threads, limits, metrics)) {}
 
@@ -35,19 +52,11 @@ void Dispatcher::submit(const EventPtr& event, std::vector<HandlerPtr> handlers,
     const auto bytes = event->body.size();
     if (!handlers.empty()) {
         std::unique_lock lock(impl_->mutex);
-        std::optional<SubmitResult> refused;
-        if (impl_->stopped) {
-            refused = {SubmitResult::Status::overloaded, event->id, "shutting down",
-                       Overload::shutting_down};
-        } else if (impl_->pending >= impl_->limits.events) {
-            refused = {SubmitResult::Status::overloaded, event->id,
-                       "too many events waiting for delivery", Overload::max_pending_events};
-        } else if (impl_->pending_bytes + bytes > impl_->limits.bytes) {
-            refused = {
-                SubmitResult::Status::overloaded, event->id,
-                "limits.max_pending_bytes reached: too many event bytes waiting for delivery",
-                Overload::max_pending_bytes};
-        }
+        auto refused = impl_->stopped
+                           ? SubmitResult{SubmitResult::Status::overloaded, event->id,
+                                          "shutting down", Overload::shutting_down}
+                           : pending_refusal(impl_->limits, impl_->pending, impl_->pending_bytes,
+                                             bytes, event->id, "for delivery");
         if (refused) {
             lock.unlock();
             done(std::move(*refused));

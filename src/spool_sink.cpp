@@ -846,16 +846,9 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
                 Overload::shutting_down});
         return;
     }
-    std::optional<SubmitResult> refused;
-    if (impl_->stores.size() >= impl_->pending_limits.events) {
-        refused = {SubmitResult::Status::overloaded, event->id,
-                   "too many events waiting for the spool", Overload::max_pending_events};
-    } else if (impl_->stores_bytes + event->body.size() > impl_->pending_limits.bytes) {
-        refused = {SubmitResult::Status::overloaded, event->id,
-                   "limits.max_pending_bytes reached: too many event bytes waiting for the spool",
-                   Overload::max_pending_bytes};
-    }
-    if (refused) {
+    if (auto refused =
+            pending_refusal(impl_->pending_limits, impl_->stores.size(), impl_->stores_bytes,
+                            event->body.size(), event->id, "for the spool")) {
         lock.unlock();
         r.done(std::move(*refused));
         return;

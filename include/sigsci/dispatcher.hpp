@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sigsci/delivery.hpp"
@@ -32,6 +34,12 @@ struct PendingLimits {
     std::uint64_t events;
     std::uint64_t bytes;
 };
+
+// The 503 for an event of `body_bytes` when `events` events of `bytes` in all already wait
+// `for_what` ("for delivery", "for the spool"); none when it may wait too.
+std::optional<SubmitResult> pending_refusal(const PendingLimits& limits, std::uint64_t events,
+                                            std::uint64_t bytes, std::uint64_t body_bytes,
+                                            const std::string& id, std::string_view for_what);
 
 struct SinkStats {
     std::uint64_t backlog = 0;              // deliveries not yet done
