@@ -121,7 +121,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         NewEvent row;
         EventPtr event;
         std::vector<HandlerPtr> handlers;
-        bool fast = false;  // claimed for delivery from memory right after the commit
+        // `handlers` are claimed for delivery from memory right after the commit; the names of
+        // any that were running all they may are in row.handlers_with_rows.
+        bool fast = false;
         SubmitDone done;
         // What its deliveries from memory count in running_bytes: the body once per handler.
         std::size_t bytes_in_memory() const { return handlers.size() * event->body.size(); }
@@ -392,7 +394,15 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                         {"events", rows.size()},
                         {"updates", outcomes_committed ? 0 : updates.size()}});
         }
-        finish_stores(batch, decisions, error);
+        // Handlers that were running all they may got rows: the poller starts those once they
+        // have room again.
+        std::set<std::string, std::less<>> waiting_for_room;
+        if (error.empty()) {
+            for (const auto& row : rows)
+                waiting_for_room.insert(row.handlers_with_rows.begin(),
+                                        row.handlers_with_rows.end());
+        }
+        finish_stores(batch, decisions, error, waiting_for_room);
         finish_outcomes(updates, outcomes_committed);
         if (!error.empty()) {
             // Back off before the next try, so a full disk does not become a busy loop.
@@ -429,7 +439,8 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     };
 
     void finish_stores(std::vector<StoreRequest>& batch, const std::vector<Decision>& decisions,
-                       const std::string& error) {
+                       const std::string& error,
+                       const std::set<std::string, std::less<>>& waiting_for_room) {
         // The answers below are handed to their threads together, when this returns.
         const CompletionBatch answers;
         bool stopping_now;
@@ -482,11 +493,12 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         }
         std::lock_guard lock(mutex);
         ++commits;
-        if (spooled) {
-            // They wait for free slots, as a pass that filled every slot leaves its rest.
-            starved = true;
-            if (refill_due()) poller_cv.notify_all();
-        }
+        // They wait for free slots, as a pass that filled every slot leaves its rest, or for
+        // room in their handler, as those of a handler a pass found full do. Not a pass per
+        // commit: it would read past all of a hung handler's rows each time.
+        if (spooled) starved = true;
+        capped.insert(waiting_for_room.begin(), waiting_for_room.end());
+        if ((spooled || !waiting_for_room.empty()) && refill_due()) poller_cv.notify_all();
         idle_cv.notify_all();
     }
 
@@ -854,14 +866,22 @@ void SpoolSink::submit(const EventPtr& event, std::vector<HandlerPtr> handlers, 
         return;
     }
     // Counted before the commit, so that the poller never runs more than max_in_flight at once.
-    if (impl_->running() + r.handlers.size() <= max_in_flight &&
-        impl_->bytes_free(r.bytes_in_memory()) &&
-        std::all_of(r.handlers.begin(), r.handlers.end(),
-                    [&](const HandlerPtr& h) { return impl_->handler_has_slot(h->name()); })) {
+    // A handler running all it may gets a row for the poller; the others still run from memory.
+    const auto has_slot = [&](const HandlerPtr& h) { return impl_->handler_has_slot(h->name()); };
+    auto& hs = r.handlers;
+    const auto full = std::all_of(hs.begin(), hs.end(), has_slot)
+                          ? hs.end()
+                          : std::stable_partition(hs.begin(), hs.end(), has_slot);
+    const auto now = static_cast<std::size_t>(full - hs.begin());
+    if (now > 0 && impl_->running() + now <= max_in_flight &&
+        impl_->bytes_free(now * event->body.size())) {
+        for (auto it = full; it != hs.end(); ++it)
+            r.row.handlers_with_rows.push_back((*it)->name());
+        hs.erase(full, hs.end());
         r.fast = true;
         r.row.deliveries_in_memory = true;
-        impl_->running_from_memory += r.handlers.size();
-        for (const auto& h : r.handlers) impl_->count_started(h->name(), h.get());
+        impl_->running_from_memory += hs.size();
+        for (const auto& h : hs) impl_->count_started(h->name(), h.get());
         impl_->running_bytes += r.bytes_in_memory();
     }
     impl_->stores_bytes += event->body.size();

@@ -532,31 +532,34 @@ class SqliteSpool final : public Spool {
         bind_static(s, 8, names_);
         step(s);
         const auto seq = sqlite3_last_insert_rowid(db_.get());
-        if (e.deliveries_in_memory) {
-            // No rows; the handler needs a mark, or its implicit deliveries would not exist.
-            for (const auto& h : e.handlers) {
-                if (marked_.contains(h) ||
-                    std::find(new_marks.begin(), new_marks.end(), h) != new_marks.end()) {
-                    continue;
-                }
-                auto& m = stmt(
-                    "INSERT INTO progress (handler, done_below) VALUES (?, ?) ON CONFLICT DO "
-                    "NOTHING");
-                bind_static(m, 1, h);
-                bind(m, 2, seq);
-                step(m);
-                new_marks.push_back(h);
-            }
-            return {e.id, seq};
-        }
+        const auto with_row = [&](const std::string& h) {
+            return !e.deliveries_in_memory ||
+                   std::find(e.handlers_with_rows.begin(), e.handlers_with_rows.end(), h) !=
+                       e.handlers_with_rows.end();
+        };
         for (const auto& h : e.handlers) {
-            auto& ins = stmt(
-                "INSERT INTO deliveries (event_seq, handler, state, attempts, next_attempt_ms) "
-                "VALUES (?, ?, 'pending', 0, ?)");
-            bind(ins, 1, seq);
-            bind_static(ins, 2, h);
-            bind(ins, 3, e.received_ms);
-            step(ins);
+            if (with_row(h)) {
+                auto& ins = stmt(
+                    "INSERT INTO deliveries (event_seq, handler, state, attempts, "
+                    "next_attempt_ms) VALUES (?, ?, 'pending', 0, ?)");
+                bind(ins, 1, seq);
+                bind_static(ins, 2, h);
+                bind(ins, 3, e.received_ms);
+                step(ins);
+                continue;
+            }
+            // No row; the handler needs a mark, or its implicit deliveries would not exist.
+            if (marked_.contains(h) ||
+                std::find(new_marks.begin(), new_marks.end(), h) != new_marks.end()) {
+                continue;
+            }
+            auto& m = stmt(
+                "INSERT INTO progress (handler, done_below) VALUES (?, ?) ON CONFLICT DO "
+                "NOTHING");
+            bind_static(m, 1, h);
+            bind(m, 2, seq);
+            step(m);
+            new_marks.push_back(h);
         }
         return {e.id, seq};
     }

@@ -298,6 +298,30 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
     EXPECT_EQ(spool->prune(9000, 10), 2u);
 }
 
+// An event can be run from memory for some handlers and left to the poller, with a row, for
+// another (a handler that was running all it may): the mark covers the first, the row the rest.
+TEST_F(SqliteSpoolTest, AnEventCanHaveRowsForSomeHandlersAndMarksForTheOthers) {
+    auto e = in_memory_event("e1", test::sample("flag"), 1000, {"a", "full", "b"});
+    e.handlers_with_rows = {"full"};
+    const auto seq = store({std::move(e)})[0].seq;
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 1);
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM progress"), 2);  // a and b
+    const auto due = spool->due(1000, 10);
+    ASSERT_EQ(due.size(), 1u);
+    EXPECT_EQ(due[0].handler, "full");
+    EXPECT_EQ(spool->stats().pending, 3u);
+
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", seq + 1}, {"b", seq + 1}});
+    auto st = spool->stats();
+    EXPECT_EQ(st.delivered, 2u);
+    EXPECT_EQ(st.pending, 1u);  // the row, whatever the marks say
+    EXPECT_EQ(spool->prune(9000, 10), 0u);
+    const std::vector<DeliveryUpdate> done = {{seq, "full", DeliveryState::delivered, 1, 0, ""}};
+    spool->commit({}, done);
+    EXPECT_EQ(spool->stats().delivered, 3u);
+    EXPECT_EQ(spool->prune(9000, 10), 1u);
+}
+
 // The routed handlers are kept as a JSON array, read back by SQLite's json_each: a name with
 // quotes, a backslash or a control character must come back as it went in.
 TEST_F(SqliteSpoolTest, HandlerNamesSurviveTheJsonColumn) {
@@ -792,10 +816,18 @@ TEST_F(SpoolSinkTest, AHandlerThatHangsDoesNotHoldBackTheOthers) {
     }
     EXPECT_TRUE(fast->wait_for_calls(events)) << fast->calls().size() << " delivered";
     EXPECT_EQ(gated->delivered(), 0);
+    // Only the hung handler's deliveries beyond its 64 wait in the spool; the fast one's all
+    // ran from memory, with no row.
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries WHERE handler = 'gated'"),
+              events - 64);
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM deliveries WHERE handler = 'fast'"), 0);
     gated->open();
     ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
     EXPECT_EQ(gated->delivered(), events);
     EXPECT_EQ(fast->calls().size(), static_cast<std::size_t>(events));
+    const auto st = open_sqlite_spool(config.path)->stats();
+    EXPECT_EQ(st.delivered, 2u * events);
+    EXPECT_EQ(st.pending, 0u);
 }
 
 // A flag event numbered `i` whose body is exactly `size` bytes.

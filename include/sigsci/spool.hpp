@@ -45,6 +45,9 @@ struct NewEvent {
     // The caller runs these deliveries from memory and reports them with progress marks (or, on
     // failure, a DeliveryUpdate): no delivery rows are written for them.
     bool deliveries_in_memory = false;
+    // With deliveries_in_memory: those of `handlers` that get a pending row all the same, for
+    // the poller (their handler was running all it may).
+    std::vector<std::string> handlers_with_rows{};
 };
 
 struct StoreOutcome {
