@@ -1,6 +1,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -66,7 +67,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (event_seq, handler)
 ) WITHOUT ROWID;
 -- Partial indexes: a delivery that is done leaves them, and nothing grows with delivered rows.
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(next_attempt_ms) WHERE state = 'pending';
+-- By handler first, so that the poller reads what is due for one handler without reading past
+-- the rows of another that is down (see due()).
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_handler ON deliveries(handler, next_attempt_ms)
+    WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries(event_seq) WHERE state = 'dead';
 -- Per handler: deliveries of events stored with deliveries_in_memory and seq < done_below are
 -- finished; with no row, they were delivered (see spool.hpp).
@@ -74,7 +78,8 @@ CREATE TABLE IF NOT EXISTS progress (
     handler    TEXT PRIMARY KEY,
     done_below INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Indexes of earlier development versions.
+-- Indexes of earlier versions.
+DROP INDEX IF EXISTS deliveries_pending;
 DROP INDEX IF EXISTS deliveries_due;
 DROP INDEX IF EXISTS events_by_hash;
 DROP INDEX IF EXISTS events_by_time;
@@ -220,23 +225,79 @@ class SqliteSpool final : public Spool {
         return n;
     }
 
+    // Handler by handler: the handlers with pending rows are found by one index seek each, and
+    // their due rows are read in due order, one cursor each, merged until `limit`; so a pass
+    // reads about as many rows as it returns. One query over all handlers read past every row
+    // of a skipped handler instead: 51-55 ms a pass with 136,625 rows of a `forward` handler
+    // whose destination was down, four passes a second.
     std::vector<DueDelivery> due(std::int64_t now_ms, std::size_t limit,
                                  const std::vector<std::string>& skip) override {
-        auto& s = stmt(
-            "SELECT d.event_seq, e.id, d.handler, d.attempts FROM deliveries d JOIN events e "
-            "ON e.seq = d.event_seq WHERE d.state = 'pending' AND d.next_attempt_ms <= ? "
-            "AND d.handler NOT IN (SELECT value FROM json_each(?)) ORDER BY d.next_attempt_ms "
-            "LIMIT ?");
-        std::string skipped;
-        json_names(skip, skipped);
-        bind(s, 1, now_ms);
-        bind(s, 2, skipped);
-        bind(s, 3, static_cast<std::int64_t>(limit));
-        std::vector<DueDelivery> out;
-        while (step(s)) {
-            out.push_back({column_int(s, 0), column_text(s, 1), column_text(s, 2),
-                           static_cast<int>(column_int(s, 3))});
+        struct Cursor {
+            Stmt* s;
+            std::string handler;
+            bool live = false;
+            std::int64_t due_ms() const { return column_int(*s, 3); }
+            std::int64_t seq() const { return column_int(*s, 0); }
+        };
+        std::vector<Cursor> cursors;
+        std::map<std::string, Stmt, std::less<>> kept;  // this pass's handlers' statements
+        auto& first = stmt("SELECT MIN(handler) FROM deliveries WHERE state = 'pending'");
+        auto& next =
+            stmt("SELECT MIN(handler) FROM deliveries WHERE state = 'pending' AND handler > ?");
+        for (auto* s = &first;; s = &next) {
+            const bool found = step(*s) && sqlite3_column_type(s->get(), 0) != SQLITE_NULL;
+            auto handler = found ? column_text(*s, 0) : std::string();
+            sqlite3_reset(s->get());
+            if (!found) break;
+            bind(next, 1, handler);
+            if (std::find(skip.begin(), skip.end(), handler) != skip.end()) continue;
+            // One statement per handler, as the cursors are open together.
+            auto node = due_stmts_.extract(handler);
+            if (node.empty()) {
+                sqlite3_stmt* raw = nullptr;
+                if (sqlite3_prepare_v3(
+                        db_.get(),
+                        "SELECT d.event_seq, e.id, d.attempts, d.next_attempt_ms FROM deliveries "
+                        "d JOIN events e ON e.seq = d.event_seq WHERE d.state = 'pending' AND "
+                        "d.handler = ?1 AND d.next_attempt_ms <= ?2 ORDER BY d.next_attempt_ms",
+                        -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) != SQLITE_OK) {
+                    fail("prepare");
+                }
+                kept.emplace(handler, Stmt(raw));
+            } else {
+                kept.insert(std::move(node));
+            }
+            auto& st = kept.find(handler)->second;
+            sqlite3_reset(st.get());
+            bind(st, 1, handler);
+            bind(st, 2, now_ms);
+            cursors.push_back({&st, std::move(handler)});
         }
+        due_stmts_ = std::move(kept);  // handlers with no pending row no longer keep one
+        std::vector<DueDelivery> out;
+        try {
+            for (auto& c : cursors) c.live = step(*c.s);
+            // Oldest due first across handlers, as one query over all of them gave them.
+            const auto before = [](const Cursor& a, const Cursor& b) {
+                if (a.due_ms() != b.due_ms()) return a.due_ms() < b.due_ms();
+                if (a.seq() != b.seq()) return a.seq() < b.seq();
+                return a.handler < b.handler;
+            };
+            while (out.size() < limit) {
+                Cursor* best = nullptr;
+                for (auto& c : cursors) {
+                    if (c.live && (!best || before(c, *best))) best = &c;
+                }
+                if (!best) break;
+                out.push_back({best->seq(), column_text(*best->s, 1), best->handler,
+                               static_cast<int>(column_int(*best->s, 2))});
+                best->live = step(*best->s);
+            }
+        } catch (...) {
+            for (auto& c : cursors) sqlite3_reset(c.s->get());
+            throw;
+        }
+        for (auto& c : cursors) sqlite3_reset(c.s->get());  // ends the read
         return out;
     }
 
@@ -590,8 +651,9 @@ class SqliteSpool final : public Spool {
     std::optional<bool> synchronous_full_;
     Db db_;
     std::unordered_map<const char*, Stmt> stmts_;
-    std::unordered_set<std::string> marked_;  // handlers known to have a progress row
-    std::string names_;                       // store_one's handler list, bound without a copy
+    std::map<std::string, Stmt, std::less<>> due_stmts_;  // due()'s, by handler
+    std::unordered_set<std::string> marked_;              // handlers known to have a progress row
+    std::string names_;  // store_one's handler list, bound without a copy
     std::unique_ptr<WalCheckpointer> checkpointer_;  // declared after db_: stopped before it closes
 };
 

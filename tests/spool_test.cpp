@@ -162,6 +162,36 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
     EXPECT_EQ(spool->due(60000, 10).size(), 2u);
 }
 
+// due() gives the oldest due deliveries first across handlers, up to its limit, none of a
+// skipped handler's (however many it has waiting ahead of the others') and none not yet due.
+TEST_F(SqliteSpoolTest, DueIsOldestFirstAcrossHandlersAndSkipsFullOnes) {
+    std::vector<NewEvent> events;
+    for (int i = 0; i < 6; ++i)
+        events.push_back(new_event("e" + std::to_string(i), test::numbered(test::sample("flag"), i),
+                                   1000, {"down", "a", "b"}));
+    const auto out = store(std::move(events));
+    // Due times: a at 100 + 10 i, b at 105 + 10 i, except b's last (not due before 9,000);
+    // every "down" delivery is due first, at 0.
+    std::vector<DeliveryUpdate> ups;
+    for (int i = 0; i < 6; ++i) {
+        ups.push_back({out[i].seq, "down", DeliveryState::pending, 1, 0, "refused"});
+        ups.push_back({out[i].seq, "a", DeliveryState::pending, 1, 100 + 10 * i, "refused"});
+        ups.push_back(
+            {out[i].seq, "b", DeliveryState::pending, 1, i == 5 ? 9000 : 105 + 10 * i, "refused"});
+    }
+    spool->commit({}, ups);
+    const auto names = [](const std::vector<DueDelivery>& due) {
+        std::string s;
+        for (const auto& d : due) s += d.handler + ":" + d.event_id + " ";
+        return s;
+    };
+    EXPECT_EQ(names(spool->due(1000, 5, {"down"})), "a:e0 b:e0 a:e1 b:e1 a:e2 ");
+    EXPECT_EQ(names(spool->due(1000, 20, {"down"})),
+              "a:e0 b:e0 a:e1 b:e1 a:e2 b:e2 a:e3 b:e3 a:e4 b:e4 a:e5 ");
+    EXPECT_EQ(names(spool->due(1000, 3)), "down:e0 down:e1 down:e2 ");
+    EXPECT_EQ(names(spool->due(1000, 20, {"down", "a", "b"})), "");
+}
+
 // The poller's due() list can be stale by the time it claims a row; load_if_due() is the
 // re-check that keeps a delivery that just finished from running again.
 TEST_F(SqliteSpoolTest, LoadIfDueFindsNothingOnceAnOutcomeIsCommitted) {
