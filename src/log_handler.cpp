@@ -8,9 +8,18 @@ namespace sigsci {
 namespace {
 constexpr std::size_t summary_string_chars = 200;
 
+// "[N items]" or "{N keys}". Appended rather than "[" + to_string(...): g++ 12 warns about
+// that form at -O2 (-Wrestrict, a false positive, GCC bug 105329).
+std::string counted(char open, std::size_t n, const char* what) {
+    std::string s(1, open);
+    s += std::to_string(n);
+    s += what;
+    return s;
+}
+
 Json summarize_value(const Json& v) {
-    if (v.is_array()) return "[" + std::to_string(v.size()) + " items]";
-    if (v.is_object()) return "{" + std::to_string(v.size()) + " keys}";
+    if (v.is_array()) return counted('[', v.size(), " items]");
+    if (v.is_object()) return counted('{', v.size(), " keys}");
     if (v.is_string() && v.get_ref<const std::string&>().size() > summary_string_chars) {
         return v.get_ref<const std::string&>().substr(0, summary_string_chars) + "...";
     }
