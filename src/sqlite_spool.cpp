@@ -254,16 +254,11 @@ class SqliteSpool final : public Spool {
             // One statement per handler, as the cursors are open together.
             auto node = due_stmts_.extract(handler);
             if (node.empty()) {
-                sqlite3_stmt* raw = nullptr;
-                if (sqlite3_prepare_v3(
-                        db_.get(),
-                        "SELECT d.event_seq, e.id, d.attempts, d.next_attempt_ms FROM deliveries "
-                        "d JOIN events e ON e.seq = d.event_seq WHERE d.state = 'pending' AND "
-                        "d.handler = ?1 AND d.next_attempt_ms <= ?2 ORDER BY d.next_attempt_ms",
-                        -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) != SQLITE_OK) {
-                    fail("prepare");
-                }
-                kept.emplace(handler, Stmt(raw));
+                kept.emplace(handler,
+                             prepare("SELECT d.event_seq, e.id, d.attempts, d.next_attempt_ms FROM "
+                                     "deliveries d JOIN events e ON e.seq = d.event_seq WHERE "
+                                     "d.state = 'pending' AND d.handler = ?1 AND "
+                                     "d.next_attempt_ms <= ?2 ORDER BY d.next_attempt_ms"));
             } else {
                 kept.insert(std::move(node));
             }
@@ -483,17 +478,19 @@ class SqliteSpool final : public Spool {
         }
     }
 
+    Stmt prepare(const char* sql) {
+        sqlite3_stmt* raw = nullptr;
+        if (sqlite3_prepare_v3(db_.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) !=
+            SQLITE_OK) {
+            fail("prepare");
+        }
+        return Stmt(raw);
+    }
+
     // Statements are prepared once per connection and reset after each use.
     Stmt& stmt(const char* sql) {
         auto it = stmts_.find(sql);
-        if (it == stmts_.end()) {
-            sqlite3_stmt* raw = nullptr;
-            if (sqlite3_prepare_v3(db_.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr) !=
-                SQLITE_OK) {
-                fail("prepare");
-            }
-            it = stmts_.emplace(sql, Stmt(raw)).first;
-        }
+        if (it == stmts_.end()) it = stmts_.emplace(sql, prepare(sql)).first;
         sqlite3_reset(it->second.get());
         sqlite3_clear_bindings(it->second.get());
         return it->second;
