@@ -333,6 +333,25 @@ std::string Metrics::render(const SinkStats& sink) const {
         histogram_samples(out, "delivery_duration_seconds", Label{"handler", handler}, h,
                           bucket_labels);
     }
+    // With the spool on: every handler with deliveries waiting, and at 0 every other that has
+    // had one, so that a handler's series does not vanish when it catches up.
+    if (sink.by_handler) {
+        header(out, "handler_backlog", "gauge",
+               "Deliveries not yet done, by handler (the spool's rows as of its last count, "
+               "every 2 s or less often, and those running from memory).");
+        const auto& waiting = sink.backlog_by_handler;
+        auto w = waiting.begin();
+        auto l = impl_->latency.begin();
+        while (w != waiting.end() || l != impl_->latency.end()) {
+            const bool from_w =
+                l == impl_->latency.end() || (w != waiting.end() && w->first <= l->first);
+            const std::string& name = from_w ? w->first : l->first;
+            const auto value = from_w ? w->second : 0;
+            if (l != impl_->latency.end() && l->first == name) ++l;
+            if (from_w) ++w;
+            sample(out, "handler_backlog", {{"handler", name}}, std::to_string(value));
+        }
+    }
     header(out, "spool_commit_duration_seconds", "histogram",
            "Time a spool commit holding new events took, fsync included: what a 200 waits for.");
     histogram_samples(out, "spool_commit_duration_seconds", std::nullopt, impl_->commits,

@@ -337,11 +337,16 @@ class SqliteSpool final : public Spool {
         return read_event(s);
     }
 
-    std::pair<std::uint64_t, std::uint64_t> backlog_and_dead() override {
-        return {static_cast<std::uint64_t>(
-                    query_int("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")),
-                static_cast<std::uint64_t>(
-                    query_int("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'"))};
+    Backlog backlog() override {
+        Backlog b;
+        auto& s = stmt(
+            "SELECT handler, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY handler");
+        while (step(s)) {
+            b.pending.emplace_back(column_text(s, 0), static_cast<std::uint64_t>(column_int(s, 1)));
+        }
+        b.dead = static_cast<std::uint64_t>(
+            query_int("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'"));
+        return b;
     }
 
     SpoolStats stats() override {
@@ -655,6 +660,12 @@ class SqliteSpool final : public Spool {
 };
 
 }  // namespace
+
+std::uint64_t Spool::Backlog::pending_total() const {
+    std::uint64_t n = 0;
+    for (const auto& [handler, count] : pending) n += count;
+    return n;
+}
 
 std::unique_ptr<Spool> open_sqlite_spool(const std::filesystem::path& path,
                                          const SpoolOptions& options) {

@@ -2,6 +2,7 @@
 // line by line; then the admin listener of a running daemon.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <regex>
 #include <set>
@@ -128,6 +129,28 @@ TEST(Metrics, CountsRequestsEventsFailuresAndGauges) {
     EXPECT_EQ(s.at("sigsci_webhookd_spool_dead"), 2);
     EXPECT_EQ(s.at("sigsci_webhookd_spool_checkpoint_failures_total"), 3);
     EXPECT_EQ(m.requests(), 4u);
+}
+
+// With the spool on, the backlog by handler: every handler with deliveries waiting, and at 0
+// every other that has had a delivery, so that its series stays once it has caught up. The
+// spool-off dispatcher does not count by handler, and the family is left out.
+TEST(Metrics, HandlerBacklogShowsWaitingHandlersAndZeroForTheOthers) {
+    Metrics m;
+    m.delivery("archive", "delivered", 0.001);
+    m.delivery("page", "failed", 0.5);
+    SinkStats st{5, 0, 0, true, {{"block-ip", 3}, {"page", 2}}};
+    const auto s = parse_exposition(m.render(st));
+    EXPECT_EQ(s.at(R"(sigsci_webhookd_handler_backlog{handler="archive"})"), 0);
+    EXPECT_EQ(s.at(R"(sigsci_webhookd_handler_backlog{handler="block-ip"})"), 3);
+    EXPECT_EQ(s.at(R"(sigsci_webhookd_handler_backlog{handler="page"})"), 2);
+    EXPECT_EQ(std::count_if(s.begin(), s.end(),
+                            [](const auto& kv) {
+                                return kv.first.starts_with("sigsci_webhookd_handler_backlog");
+                            }),
+              3);
+    st.by_handler = false;
+    st.backlog_by_handler.clear();
+    EXPECT_EQ(m.render(st).find("handler_backlog"), std::string::npos);
 }
 
 TEST(Metrics, DeliveryHistogramIsCumulativeAndMatchesItsCount) {

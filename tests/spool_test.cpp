@@ -299,7 +299,7 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
     EXPECT_TRUE(spool->due(9000, 10).empty());  // running from memory: not the poller's
     EXPECT_EQ(spool->stats().pending, 4u);
     EXPECT_EQ(spool->list(DeliveryState::pending, "", 10).size(), 4u);
-    EXPECT_EQ(spool->backlog_and_dead().first, 0u);  // rows only: the owner counts the rest
+    EXPECT_EQ(spool->backlog().pending_total(), 0u);  // rows only: the owner counts the rest
 
     // a finished e1; b failed e1 once (a row, due later) and finished e2.
     const std::vector<DeliveryUpdate> failed = {
@@ -858,6 +858,42 @@ TEST_F(SpoolSinkTest, AHandlerThatHangsDoesNotHoldBackTheOthers) {
     const auto st = open_sqlite_spool(config.path)->stats();
     EXPECT_EQ(st.delivered, 2u * events);
     EXPECT_EQ(st.pending, 0u);
+}
+
+// The backlog by handler (the /metrics gauge) counts both kinds of waiting deliveries: rows a
+// previous run left, counted when the spool opens, and those running from memory, live.
+TEST_F(SpoolSinkTest, TheBacklogIsCountedByHandler) {
+    {
+        auto spool = open_sqlite_spool(config.path);
+        std::vector<NewEvent> left;
+        for (int i = 0; i < 3; ++i) {
+            left.push_back(new_event("left-" + std::to_string(i),
+                                     test::numbered(test::sample("flag"), i), now_unix_ms(),
+                                     {"gated"}));
+        }
+        spool->commit(left, {});
+    }
+    auto gated = std::make_shared<GatedHandler>();
+    auto fast = std::make_shared<FlakyHandler>("fast", 0);
+    add(gated);
+    add(fast);
+    poll_interval = std::chrono::hours(1);
+    start();
+    using Counts = std::vector<std::pair<std::string, std::uint64_t>>;
+    EXPECT_EQ(sink->stats().backlog_by_handler, (Counts{{"gated", 3}}));
+    EXPECT_TRUE(sink->stats().by_handler);
+    for (int i = 10; i < 12; ++i) {
+        ASSERT_EQ(submit(test::numbered(test::sample("flag"), i), {gated}).status,
+                  SubmitResult::Status::accepted);
+    }
+    EXPECT_EQ(sink->stats().backlog_by_handler, (Counts{{"gated", 5}}));
+    EXPECT_EQ(sink->stats().backlog, 5u);
+    gated->open();
+    ASSERT_TRUE(sink->wait_idle(std::chrono::seconds(30)));
+    EXPECT_EQ(gated->delivered(), 5);
+    // The rows' count is the poller's, every 2 s: the two from memory are gone at once.
+    const auto after = sink->stats().backlog_by_handler;
+    EXPECT_TRUE(after.empty() || after == (Counts{{"gated", 3}})) << after.size();
 }
 
 // A flag event numbered `i` whose body is exactly `size` bytes.

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sigsci/delivery.hpp"
@@ -45,6 +46,10 @@ struct SinkStats {
     std::uint64_t backlog = 0;              // deliveries not yet done
     std::uint64_t dead = 0;                 // dead-lettered deliveries
     std::uint64_t checkpoint_failures = 0;  // the spool's failed WAL checkpoints so far
+    // `backlog` by handler name, in name order, handlers with none left out; only when
+    // `by_handler` (the spool's sink: the spool-off dispatcher does not count them).
+    bool by_handler = false;
+    std::vector<std::pair<std::string, std::uint64_t>> backlog_by_handler{};
 };
 
 class EventSink {

@@ -148,9 +148,14 @@ class Spool {
     virtual std::optional<StoredEvent> find(const std::string& id) = 0;
     // Full counts (scans the spool: for operators).
     virtual SpoolStats stats() = 0;
-    // Pending and dead delivery rows, from small indexes: cheap enough to poll. Deliveries
-    // running from memory are not counted (their owner knows them).
-    virtual std::pair<std::uint64_t, std::uint64_t> backlog_and_dead() = 0;
+    // Pending delivery rows by handler, and dead ones, from small indexes: cheap enough to poll.
+    // Deliveries running from memory are not counted (their owner knows them).
+    struct Backlog {
+        std::vector<std::pair<std::string, std::uint64_t>> pending;  // by handler name, in order
+        std::uint64_t dead = 0;
+        std::uint64_t pending_total() const;
+    };
+    virtual Backlog backlog() = 0;
 
     // Deletes events received before `before_ms` whose deliveries are all delivered (or that
     // had none), at most `limit`; returns how many.
