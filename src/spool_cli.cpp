@@ -10,6 +10,7 @@
 #include "sigsci/clock.hpp"
 #include "sigsci/config.hpp"
 #include "sigsci/envelope.hpp"
+#include "sigsci/event.hpp"
 #include "sigsci/spool.hpp"
 
 namespace sigsci {
@@ -118,6 +119,12 @@ int run_spool_command(const SpoolCommand& cmd) {
             if (st.oldest_pending_ms) {
                 std::cout << "oldest pending received at: " << format_ms(*st.oldest_pending_ms)
                           << "\n";
+            }
+            for (const auto& h : st.by_handler) {
+                std::string name;  // quoted and escaped: a config key can be any text
+                append_json_string(name, h.handler);
+                std::cout << "handler " << name << ": pending " << h.pending << ", delivered "
+                          << h.delivered << ", dead " << h.dead << "\n";
             }
         } else if (cmd.action == "list") {
             std::optional<DeliveryState> state;

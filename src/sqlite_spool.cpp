@@ -352,18 +352,27 @@ class SqliteSpool final : public Spool {
     SpoolStats stats() override {
         SpoolStats st;
         st.events = static_cast<std::uint64_t>(query_int("SELECT COUNT(*) FROM events"));
-        auto& s = stmt("SELECT state, COUNT(*) FROM delivery_states GROUP BY state");
+        auto& s = stmt(
+            "SELECT handler, state, COUNT(*) FROM delivery_states GROUP BY handler, state "
+            "ORDER BY handler");
         while (step(s)) {
-            const auto n = static_cast<std::uint64_t>(column_int(s, 1));
-            switch (state_from(column_text(s, 0))) {
+            auto handler = column_text(s, 0);
+            if (st.by_handler.empty() || st.by_handler.back().handler != handler)
+                st.by_handler.push_back({std::move(handler)});
+            auto& h = st.by_handler.back();
+            const auto n = static_cast<std::uint64_t>(column_int(s, 2));
+            switch (state_from(column_text(s, 1))) {
                 case DeliveryState::pending:
-                    st.pending = n;
+                    h.pending += n;
+                    st.pending += n;
                     break;
                 case DeliveryState::delivered:
-                    st.delivered = n;
+                    h.delivered += n;
+                    st.delivered += n;
                     break;
                 case DeliveryState::dead:
-                    st.dead = n;
+                    h.dead += n;
+                    st.dead += n;
                     break;
             }
         }

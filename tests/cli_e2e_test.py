@@ -510,6 +510,7 @@ class SpoolCommands(unittest.TestCase):
         code, out, _ = self.spool("stats")
         self.assertEqual(code, 0)
         self.assertIn("deliveries dead: 2", out)
+        self.assertIn('handler "archive": pending 0, delivered 0, dead 2', out)
         code, out, _ = self.spool("list", "--dead")
         rows = [json.loads(line) for line in out.splitlines()]
         self.assertEqual(sorted(r["id"] for r in rows), sorted(ids.values()))

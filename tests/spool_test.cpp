@@ -151,6 +151,14 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
     EXPECT_EQ(st.delivered, 1u);
     EXPECT_EQ(st.pending, 1u);
     EXPECT_EQ(st.dead, 1u);
+    ASSERT_EQ(st.by_handler.size(), 3u);  // by name
+    EXPECT_EQ(st.by_handler[0].handler, "a");
+    EXPECT_EQ(st.by_handler[0].delivered, 1u);
+    EXPECT_EQ(st.by_handler[1].handler, "b");
+    EXPECT_EQ(st.by_handler[1].pending, 1u);
+    EXPECT_EQ(st.by_handler[2].handler, "c");
+    EXPECT_EQ(st.by_handler[2].dead, 1u);
+    EXPECT_EQ(st.by_handler[2].pending + st.by_handler[2].delivered, 0u);
     EXPECT_TRUE(spool->due(49999, 10).empty());  // b waits for its backoff
     ASSERT_EQ(spool->due(50000, 10).size(), 1u);
     const auto dead = spool->list(DeliveryState::dead, "", 10);
@@ -345,6 +353,11 @@ TEST_F(SqliteSpoolTest, AnEventCanHaveRowsForSomeHandlersAndMarksForTheOthers) {
     auto st = spool->stats();
     EXPECT_EQ(st.delivered, 2u);
     EXPECT_EQ(st.pending, 1u);  // the row, whatever the marks say
+    ASSERT_EQ(st.by_handler.size(), 3u);
+    EXPECT_EQ(st.by_handler[0].handler, "a");
+    EXPECT_EQ(st.by_handler[0].delivered, 1u);  // by the mark
+    EXPECT_EQ(st.by_handler[2].handler, "full");
+    EXPECT_EQ(st.by_handler[2].pending, 1u);  // by the row
     EXPECT_EQ(spool->prune(9000, 10), 0u);
     const std::vector<DeliveryUpdate> done = {{seq, "full", DeliveryState::delivered, 1, 0, ""}};
     spool->commit({}, done);

@@ -106,6 +106,14 @@ struct SpoolStats {
     std::uint64_t delivered = 0;
     std::uint64_t dead = 0;
     std::optional<std::int64_t> oldest_pending_ms;  // received time of the oldest pending event
+    // The same three counts for each handler with deliveries, by name.
+    struct ByHandler {
+        std::string handler;
+        std::uint64_t pending = 0;
+        std::uint64_t delivered = 0;
+        std::uint64_t dead = 0;
+    };
+    std::vector<ByHandler> by_handler;
 };
 
 struct SpoolOptions {
