@@ -184,7 +184,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     // Per handler, deliveries of both kinds, and how many it may run (Handler::max_in_flight).
     struct Running {
         std::size_t count = 0;
-        std::size_t from_memory = 0;  // of `count`: those with no row (not in rows_by_handler)
+        std::size_t from_memory = 0;  // of `count`: those with no row (not in `counted`)
         std::size_t limit = max_in_flight;
     };
     std::map<std::string, Running, std::less<>> running_by_handler;
@@ -222,11 +222,10 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::map<std::string, std::int64_t, std::less<>> marks_written;
     std::int64_t last_seq = 0;
 
-    // Pending and dead delivery rows as of the poller's last look (every 2 s). The deliveries
-    // running from memory, which have no row, are added live by stats().
-    std::atomic<std::uint64_t> backlog_rows{0};
-    std::atomic<std::uint64_t> dead{0};
-    std::vector<std::pair<std::string, std::uint64_t>> rows_by_handler;  // under mutex
+    // Pending rows by handler and dead ones, under mutex, as of the poller's last count (every
+    // 2 s or less often). The deliveries running from memory, which have no row, are added live
+    // by stats().
+    Spool::Backlog counted;
 
     std::thread writer;
     std::thread poller;
@@ -702,23 +701,16 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     }
 
     // Takes the spool's counts (at the start, then from the poller).
-    Spool::Backlog take_backlog() {
+    // Returns the backlog with the deliveries running from memory added, and the dead ones.
+    std::pair<std::uint64_t, std::uint64_t> take_backlog() {
         auto b = reader_db->backlog();
-        backlog_rows.store(b.pending_total());
-        dead.store(b.dead);
         std::lock_guard lock(mutex);
-        rows_by_handler = b.pending;
-        return b;
+        counted = std::move(b);
+        return {counted.pending_total() + running_from_memory, counted.dead};
     }
 
     void refresh_stats(bool log_it) {
-        const auto b = take_backlog();
-        auto pending = b.pending_total();
-        const auto dead_count = b.dead;
-        {
-            std::lock_guard lock(mutex);
-            pending += running_from_memory;  // not in the rows yet
-        }
+        const auto [pending, dead_count] = take_backlog();
         if (log_it && (pending > 0 || dead_count > 0)) {
             log::warn("spool", {{"backlog", pending}, {"dead", dead_count}});
         }
@@ -841,10 +833,9 @@ SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads, PendingLimit
             impl_->recent.add(it->body_hash, it->id, it->received_ms);
         }
     }
-    const auto backlog = impl_->take_backlog();
-    log::info("spool opened", {{"path", impl_->config.path.string()},
-                               {"backlog", backlog.pending_total()},
-                               {"dead", backlog.dead}});
+    const auto [pending, dead] = impl_->take_backlog();
+    log::info("spool opened",
+              {{"path", impl_->config.path.string()}, {"backlog", pending}, {"dead", dead}});
     impl_->writer = std::thread([impl = impl_.get()] { impl->writer_loop(); });
     name_thread(impl_->writer, "spool-writer");
     impl_->poller = std::thread([impl = impl_.get()] { impl->poller_loop(); });
@@ -1002,11 +993,11 @@ void SpoolSink::set_pending_limits(PendingLimits limits) {
 
 SinkStats SpoolSink::stats() const {
     std::lock_guard lock(impl_->mutex);
-    SinkStats st{impl_->backlog_rows.load() + impl_->running_from_memory, impl_->dead.load(),
+    SinkStats st{impl_->counted.pending_total() + impl_->running_from_memory, impl_->counted.dead,
                  impl_->writer_db->checkpoint_failures(), true};
     // The rows as of the last count, with the deliveries running from memory (no row) added.
     auto& out = st.backlog_by_handler;
-    out = impl_->rows_by_handler;
+    out = impl_->counted.pending;
     for (const auto& [name, r] : impl_->running_by_handler) {
         if (r.from_memory == 0) continue;
         const auto it = std::lower_bound(out.begin(), out.end(), name,
