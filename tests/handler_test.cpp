@@ -121,12 +121,15 @@ TEST(FileHandler, ReopenDoesNotWaitForAWriteThatHangs) {
     const bool returned = reopened.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
     EXPECT_TRUE(returned) << "reopen waited for the hung write";
 
-    // Read the pipe dry until the hung write is done, then write again.
+    // Read the pipe until the hung line has ended (its last byte is the newline), then write
+    // again. Waiting on the line, not on the future, leaves no gap between the write's last byte
+    // and the thread that made it returning, in which a poll would find nothing to read.
     std::string drained;
     char buf[65536];
-    while (hung.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-        ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
+    while (drained.find('\n') == std::string::npos) {
+        ASSERT_EQ(::poll(&pfd, 1, 10000), 1) << "the hung write stopped before its line ended";
         const ssize_t n = ::read(reader, buf, sizeof buf);
+        if (n == 0) break;  // every writer has closed the pipe: the line will not end
         if (n > 0) drained.append(buf, static_cast<std::size_t>(n));
     }
     EXPECT_TRUE(hung.get().ok);
