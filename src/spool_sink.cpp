@@ -40,7 +40,9 @@ constexpr int stats_cost_factor = 50;
 constexpr auto prune_interval = std::chrono::seconds(60);
 constexpr auto stats_log_interval = std::chrono::seconds(60);
 constexpr auto failed_commit_backoff = std::chrono::milliseconds(1000);
-constexpr std::size_t prune_batch = 1000;
+// Pruning reads this many events per slice, one slice between two commits, so that a commit
+// waits for one slice at most, not for a whole round (docs/spool.md).
+constexpr std::size_t prune_slice = 1000;
 // Duplicate detection remembers at most this many bodies (about 100 bytes each).
 constexpr std::size_t max_recent_bodies = 100000;
 
@@ -287,16 +289,21 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
     void writer_loop() {
         auto next_prune = Clock::now();
+        Pruning pruning;
         for (;;) {
             std::vector<StoreRequest> batch;
             std::vector<OutcomeRequest> updates;
             {
                 std::unique_lock lock(mutex);
+                // A round of pruning is left for the next start once the daemon stops.
+                if (draining) pruning.active = false;
                 writer_waiting = true;
                 if (draining) idle_cv.notify_all();  // stop() waits for the writer to be idle
-                writer_cv.wait_until(lock, next_prune, [&] {
+                const auto wanted = [&] {
                     return !stores.empty() || !outcomes.empty() || (stopping && done_running());
-                });
+                };
+                // While a round of pruning runs, a slice follows each commit without a wait.
+                if (!pruning.active) writer_cv.wait_until(lock, next_prune, wanted);
                 writer_waiting = false;
                 if (stores.empty() && outcomes.empty() && stopping && done_running()) break;
                 batch.swap(stores);
@@ -306,10 +313,9 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
                 outcomes.clear();
             }
             if (!batch.empty() || !updates.empty()) commit_batch(batch, updates);
-            if (Clock::now() >= next_prune) {
-                prune();
+            if (!pruning.active && Clock::now() >= next_prune) start_pruning(pruning);
+            if (pruning.active && !prune_one_slice(pruning))
                 next_prune = Clock::now() + prune_interval;
-            }
         }
         std::lock_guard lock(mutex);
         idle_cv.notify_all();
@@ -559,22 +565,36 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         idle_cv.notify_all();
     }
 
-    void prune() {
+    // A round of pruning: slices from the oldest event until one finds nothing more to read.
+    struct Pruning {
+        bool active = false;
+        std::int64_t before_ms = 0;
+        std::int64_t next_seq = 0;
+        std::size_t deleted = 0;
+    };
+
+    void start_pruning(Pruning& p) {
         recent.expire(duplicates_since());
-        const auto before =
+        p = Pruning{
+            true,
             now_unix_ms() -
-            std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
+                std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count(),
+            0, 0};
+    }
+
+    // One slice; false once the round is over.
+    bool prune_one_slice(Pruning& p) {
         try {
-            std::size_t total = 0;
-            for (int i = 0; i < 100; ++i) {
-                const auto n = writer_db->prune(before, prune_batch);
-                total += n;
-                if (n < prune_batch) break;
-            }
-            if (total > 0) log::info("spool pruned", {{"events", total}});
+            const auto slice = writer_db->prune(p.before_ms, p.next_seq, prune_slice);
+            p.deleted += slice.deleted;
+            p.next_seq = slice.next_seq;
+            if (!slice.done) return true;
+            if (p.deleted > 0) log::info("spool pruned", {{"events", p.deleted}});
         } catch (const SpoolError& e) {
             log::error("spool prune failed", {{"error", e.what()}});
         }
+        p.active = false;
+        return false;
     }
 
     // ---- deliveries -------------------------------------------------------------------------

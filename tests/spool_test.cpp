@@ -233,7 +233,7 @@ TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
     const std::vector<DeliveryUpdate> ups = {{done, "a", DeliveryState::delivered, 1, 0, ""},
                                              {recent, "a", DeliveryState::delivered, 1, 0, ""}};
     spool->commit({}, ups);
-    EXPECT_EQ(spool->prune(5000, 100), 2u);  // "done" and "unrouted"
+    EXPECT_EQ(spool->prune(5000, 0, 100).deleted, 2u);  // "done" and "unrouted"
     EXPECT_FALSE(spool->find("done"));
     EXPECT_FALSE(spool->find("unrouted"));
     EXPECT_TRUE(spool->find("waiting"));
@@ -247,6 +247,47 @@ TEST_F(SqliteSpoolTest, PurgeDeletesEverythingBeforeADate) {
     EXPECT_FALSE(spool->find("old"));
     EXPECT_TRUE(spool->find("new"));
     EXPECT_EQ(spool->stats().pending, 1u);  // the old event's delivery went with it
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 1);  // its row too
+}
+
+// Pruning goes in slices of a bounded number of events, each starting where the last stopped,
+// and a round ends at the first event too young to go. An event's rows go with it.
+TEST_F(SqliteSpoolTest, PruneGoesInSlicesAndStopsAtTheFirstYoungEvent) {
+    std::vector<std::int64_t> seq;
+    const auto add = [&](const std::string& id, std::int64_t received_ms,
+                         std::vector<std::string> handlers) {
+        seq.push_back(store({new_event(id, test::sample("flag"), received_ms, handlers)})[0].seq);
+    };
+    add("e0", 1000, {"a"});
+    add("e1", 1000, {"a"});  // stays pending
+    add("e2", 1000, {});
+    add("e3", 1000, {});
+    add("e4", 1000, {});
+    add("e5", 9000, {});
+    add("e6", 1000, {});  // stored after the clock stepped back
+    const std::vector<DeliveryUpdate> ups = {{seq[0], "a", DeliveryState::delivered, 1, 0, ""}};
+    spool->commit({}, ups);
+    ASSERT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 2);
+
+    auto slice = spool->prune(5000, 0, 3);  // reads e0, e1, e2
+    EXPECT_EQ(slice.deleted, 2u);
+    EXPECT_EQ(slice.next_seq, seq[2] + 1);
+    EXPECT_FALSE(slice.done);
+    EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 1);  // e1's
+    slice = spool->prune(5000, slice.next_seq, 3);  // reads e3, e4, then e5 ends the round
+    EXPECT_EQ(slice.deleted, 2u);
+    EXPECT_EQ(slice.next_seq, seq[4] + 1);
+    EXPECT_TRUE(slice.done);
+    for (const auto* id : {"e0", "e2", "e3", "e4"}) EXPECT_FALSE(spool->find(id)) << id;
+    for (const auto* id : {"e1", "e5", "e6"}) EXPECT_TRUE(spool->find(id)) << id;
+
+    // The next round, once e5 is old enough too, reads past the pending e1.
+    slice = spool->prune(10000, 0, 10);
+    EXPECT_EQ(slice.deleted, 2u);
+    EXPECT_TRUE(slice.done);  // fewer than 10 events left to read
+    EXPECT_TRUE(spool->find("e1"));
+    EXPECT_FALSE(spool->find("e5"));
+    EXPECT_FALSE(spool->find("e6"));
 }
 
 // find() has no index on id: it searches the rows received near the id's millisecond first,
@@ -324,7 +365,7 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
         EXPECT_EQ(d.state, d.handler == "a" ? DeliveryState::delivered : DeliveryState::pending);
         EXPECT_EQ(d.last_error, d.handler == "a" ? "" : "refused");
     }
-    EXPECT_EQ(spool->prune(9000, 10), 0u);  // neither event is fully delivered
+    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 0u);  // neither event is fully delivered
 
     // Marks never move back; once a passes e2 and b's row is delivered, both can go.
     spool->commit({}, {}, std::vector<ProgressMark>{{"a", e2 + 1}, {"b", e1}});
@@ -333,7 +374,7 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
     st = spool->stats();
     EXPECT_EQ(st.delivered, 4u);
     EXPECT_EQ(st.pending, 0u);
-    EXPECT_EQ(spool->prune(9000, 10), 2u);
+    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 2u);
 }
 
 // An event can be run from memory for some handlers and left to the poller, with a row, for
@@ -358,11 +399,11 @@ TEST_F(SqliteSpoolTest, AnEventCanHaveRowsForSomeHandlersAndMarksForTheOthers) {
     EXPECT_EQ(st.by_handler[0].delivered, 1u);  // by the mark
     EXPECT_EQ(st.by_handler[2].handler, "full");
     EXPECT_EQ(st.by_handler[2].pending, 1u);  // by the row
-    EXPECT_EQ(spool->prune(9000, 10), 0u);
+    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 0u);
     const std::vector<DeliveryUpdate> done = {{seq, "full", DeliveryState::delivered, 1, 0, ""}};
     spool->commit({}, done);
     EXPECT_EQ(spool->stats().delivered, 3u);
-    EXPECT_EQ(spool->prune(9000, 10), 1u);
+    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 1u);
 }
 
 // The routed handlers are kept as a JSON array, read back by SQLite's json_each: a name with
@@ -1109,6 +1150,34 @@ TEST_F(SpoolSinkTest, DeliveryForAHandlerNoLongerConfiguredIsDeadLettered) {
     const auto dead = open_sqlite_spool(config.path)->list(DeliveryState::dead, "", 10);
     ASSERT_EQ(dead.size(), 1u);
     EXPECT_EQ(dead[0].last_error, "handler \"removed\" is no longer configured");
+}
+
+// A round of pruning goes on, one slice after another, until it meets an event too young to
+// go, and logs once how many events it deleted.
+TEST_F(SpoolSinkTest, PruningDeletesOldEventsSliceBySliceAndLogsTheRoundOnce) {
+    const auto two_days_ago = now_unix_ms() - 2 * 86'400'000;
+    {
+        auto spool = open_sqlite_spool(config.path);
+        std::vector<NewEvent> events;
+        for (int i = 0; i < 2500; ++i) {  // three slices
+            events.push_back(
+                new_event("old-" + std::to_string(i), test::sample("flag"), two_days_ago, {}));
+        }
+        events.push_back(new_event("undelivered", test::sample("flag"), two_days_ago, {"gone"}));
+        events.push_back(new_event("young", test::sample("flag"), now_unix_ms(), {}));
+        spool->commit(events, {});
+    }
+    start();
+    EXPECT_TRUE(logs->wait_for_record([](Json& r) { return r["msg"] == "spool pruned"; }));
+    std::vector<Json> pruned;
+    for (const auto& line : logs->lines()) {
+        auto r = Json::parse(line);
+        if (r["msg"] == "spool pruned") pruned.push_back(r);
+    }
+    ASSERT_EQ(pruned.size(), 1u);
+    EXPECT_EQ(pruned[0]["events"], 2500);
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events"), 2);
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events WHERE id = 'young'"), 1);
 }
 
 TEST_F(SpoolSinkTest, FullSpoolRefusesNewEventsButKeepsRecordingOutcomes) {
