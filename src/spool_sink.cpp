@@ -569,23 +569,23 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     struct Pruning {
         bool active = false;
         std::int64_t before_ms = 0;
+        std::int64_t now_ms = 0;
         std::int64_t next_seq = 0;
         std::size_t deleted = 0;
     };
 
     void start_pruning(Pruning& p) {
         recent.expire(duplicates_since());
-        p = Pruning{
-            true,
-            now_unix_ms() -
-                std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count(),
-            0, 0};
+        const auto now = now_unix_ms();
+        const auto retention =
+            std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
+        p = Pruning{true, now - retention, now, 0, 0};
     }
 
     // One slice; false once the round is over.
     bool prune_one_slice(Pruning& p) {
         try {
-            const auto slice = writer_db->prune(p.before_ms, p.next_seq, prune_slice);
+            const auto slice = writer_db->prune(p.before_ms, p.now_ms, p.next_seq, prune_slice);
             p.deleted += slice.deleted;
             p.next_seq = slice.next_seq;
             if (!slice.done) return true;

@@ -391,7 +391,8 @@ class SqliteSpool final : public Spool {
         return st;
     }
 
-    PruneSlice prune(std::int64_t before_ms, std::int64_t from_seq, std::size_t limit) override {
+    PruneSlice prune(std::int64_t before_ms, std::int64_t now_ms, std::int64_t from_seq,
+                     std::size_t limit) override {
         PruneSlice out;
         out.next_seq = from_seq;
         // A prune lost to a power cut is done again: it need not wait for the disk.
@@ -414,13 +415,14 @@ class SqliteSpool final : public Spool {
             std::size_t read = 0;
             while (step(s)) {
                 ++read;
-                if (column_int(s, 1) >= before_ms) {
+                const auto received_ms = column_int(s, 1);
+                if (received_ms >= before_ms && received_ms <= now_ms) {
                     out.done = true;
                     break;
                 }
                 const auto seq = column_int(s, 0);
                 out.next_seq = seq + 1;
-                if (column_int(s, 2) == 0) continue;
+                if (received_ms >= before_ms || column_int(s, 2) == 0) continue;
                 if (victims.size() > 1) victims += ',';
                 victims += std::to_string(seq);
             }

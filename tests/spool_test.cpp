@@ -233,7 +233,7 @@ TEST_F(SqliteSpoolTest, PruneKeepsAnythingNotFullyDelivered) {
     const std::vector<DeliveryUpdate> ups = {{done, "a", DeliveryState::delivered, 1, 0, ""},
                                              {recent, "a", DeliveryState::delivered, 1, 0, ""}};
     spool->commit({}, ups);
-    EXPECT_EQ(spool->prune(5000, 0, 100).deleted, 2u);  // "done" and "unrouted"
+    EXPECT_EQ(spool->prune(5000, 20000, 0, 100).deleted, 2u);  // "done" and "unrouted"
     EXPECT_FALSE(spool->find("done"));
     EXPECT_FALSE(spool->find("unrouted"));
     EXPECT_TRUE(spool->find("waiting"));
@@ -269,12 +269,12 @@ TEST_F(SqliteSpoolTest, PruneGoesInSlicesAndStopsAtTheFirstYoungEvent) {
     spool->commit({}, ups);
     ASSERT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 2);
 
-    auto slice = spool->prune(5000, 0, 3);  // reads e0, e1, e2
+    auto slice = spool->prune(5000, 20000, 0, 3);  // reads e0, e1, e2
     EXPECT_EQ(slice.deleted, 2u);
     EXPECT_EQ(slice.next_seq, seq[2] + 1);
     EXPECT_FALSE(slice.done);
     EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 1);  // e1's
-    slice = spool->prune(5000, slice.next_seq, 3);  // reads e3, e4, then e5 ends the round
+    slice = spool->prune(5000, 20000, slice.next_seq, 3);  // reads e3, e4, then e5 ends the round
     EXPECT_EQ(slice.deleted, 2u);
     EXPECT_EQ(slice.next_seq, seq[4] + 1);
     EXPECT_TRUE(slice.done);
@@ -282,12 +282,30 @@ TEST_F(SqliteSpoolTest, PruneGoesInSlicesAndStopsAtTheFirstYoungEvent) {
     for (const auto* id : {"e1", "e5", "e6"}) EXPECT_TRUE(spool->find(id)) << id;
 
     // The next round, once e5 is old enough too, reads past the pending e1.
-    slice = spool->prune(10000, 0, 10);
+    slice = spool->prune(10000, 20000, 0, 10);
     EXPECT_EQ(slice.deleted, 2u);
     EXPECT_TRUE(slice.done);  // fewer than 10 events left to read
     EXPECT_TRUE(spool->find("e1"));
     EXPECT_FALSE(spool->find("e5"));
     EXPECT_FALSE(spool->find("e6"));
+}
+
+// An event stamped in the future, by a clock that has since stepped back, does not end a round:
+// pruning reads past it (a year ahead, it would otherwise hold pruning up for a year). It goes
+// once it is old itself.
+TEST_F(SqliteSpoolTest, AnEventStampedInTheFutureDoesNotHoldPruningUp) {
+    store({new_event("future", test::sample("flag"), 50000, {})});
+    store({new_event("old", test::sample("flag"), 1000, {})});
+    store({new_event("young", test::sample("flag"), 9000, {})});
+    auto slice = spool->prune(5000, 20000, 0, 10);
+    EXPECT_EQ(slice.deleted, 1u);
+    EXPECT_TRUE(slice.done);
+    EXPECT_TRUE(spool->find("future"));
+    EXPECT_FALSE(spool->find("old"));
+    EXPECT_TRUE(spool->find("young"));
+    slice = spool->prune(60000, 70000, 0, 10);
+    EXPECT_EQ(slice.deleted, 2u);
+    EXPECT_FALSE(spool->find("future"));
 }
 
 // find() has no index on id: it searches the rows received near the id's millisecond first,
@@ -365,7 +383,7 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
         EXPECT_EQ(d.state, d.handler == "a" ? DeliveryState::delivered : DeliveryState::pending);
         EXPECT_EQ(d.last_error, d.handler == "a" ? "" : "refused");
     }
-    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 0u);  // neither event is fully delivered
+    EXPECT_EQ(spool->prune(9000, 20000, 0, 10).deleted, 0u);  // neither event is fully delivered
 
     // Marks never move back; once a passes e2 and b's row is delivered, both can go.
     spool->commit({}, {}, std::vector<ProgressMark>{{"a", e2 + 1}, {"b", e1}});
@@ -374,7 +392,7 @@ TEST_F(SqliteSpoolTest, InMemoryDeliveriesAreTrackedByProgressMarks) {
     st = spool->stats();
     EXPECT_EQ(st.delivered, 4u);
     EXPECT_EQ(st.pending, 0u);
-    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 2u);
+    EXPECT_EQ(spool->prune(9000, 20000, 0, 10).deleted, 2u);
 }
 
 // An event can be run from memory for some handlers and left to the poller, with a row, for
@@ -399,11 +417,11 @@ TEST_F(SqliteSpoolTest, AnEventCanHaveRowsForSomeHandlersAndMarksForTheOthers) {
     EXPECT_EQ(st.by_handler[0].delivered, 1u);  // by the mark
     EXPECT_EQ(st.by_handler[2].handler, "full");
     EXPECT_EQ(st.by_handler[2].pending, 1u);  // by the row
-    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 0u);
+    EXPECT_EQ(spool->prune(9000, 20000, 0, 10).deleted, 0u);
     const std::vector<DeliveryUpdate> done = {{seq, "full", DeliveryState::delivered, 1, 0, ""}};
     spool->commit({}, done);
     EXPECT_EQ(spool->stats().delivered, 3u);
-    EXPECT_EQ(spool->prune(9000, 0, 10).deleted, 1u);
+    EXPECT_EQ(spool->prune(9000, 20000, 0, 10).deleted, 1u);
 }
 
 // The routed handlers are kept as a JSON array, read back by SQLite's json_each: a name with

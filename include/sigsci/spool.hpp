@@ -167,15 +167,19 @@ class Spool {
 
     // One slice of pruning: reads at most `limit` events, in seq order from `from_seq` on, and
     // deletes those received before `before_ms` whose deliveries are all delivered (or that had
-    // none). It stops at the first event received at or after `before_ms`: events are stored
-    // in time order, so the rest are younger (one stored after the clock stepped back waits for
-    // those before it). `next_seq` is where the next slice starts; `done` when nothing is left.
+    // none). It stops at the first event received at or after `before_ms` and not after
+    // `now_ms`: events are stored in time order, so the rest are younger (one stored after the
+    // clock stepped back waits for those before it). An event received after `now_ms` was
+    // stamped by a clock that has since stepped back: it is read past, so that it cannot hold
+    // pruning up until its time comes. `next_seq` is where the next slice starts; `done` when
+    // nothing is left.
     struct PruneSlice {
         std::size_t deleted = 0;
         std::int64_t next_seq = 0;
         bool done = false;
     };
-    virtual PruneSlice prune(std::int64_t before_ms, std::int64_t from_seq, std::size_t limit) = 0;
+    virtual PruneSlice prune(std::int64_t before_ms, std::int64_t now_ms, std::int64_t from_seq,
+                             std::size_t limit) = 0;
 
     // Operator commands.
     virtual std::vector<StoredDelivery> list(std::optional<DeliveryState> state,
