@@ -137,8 +137,8 @@ class SqliteSpool final : public Spool {
         // deletes their deliveries' rows itself (prune, purge). Enforced, the schema's ON DELETE
         // CASCADE ran a program per deleted event: a third of pruning's CPU (docs/spool.md).
         // Debian builds SQLite with SECURE_DELETE, which writes zeros over every page a delete
-        // frees: pruning 100,000 events took 1.1-1.2 s of the writer that way. FAST zeroes
-        // deleted content only in pages that are written anyway (docs/spool.md).
+        // frees: more for pruning to write, for nothing, as the WAL keeps the same bytes until it
+        // is overwritten. FAST zeroes deleted content only in pages written anyway.
         exec("PRAGMA secure_delete = FAST");
         // Keep the WAL file from staying large after a burst: truncate it to 64 MiB at checkpoints.
         exec("PRAGMA journal_size_limit = 67108864");
