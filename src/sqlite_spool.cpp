@@ -447,6 +447,17 @@ class SqliteSpool final : public Spool {
 
     std::vector<StoredDelivery> list(std::optional<DeliveryState> state, const std::string& type,
                                      std::size_t limit) override {
+        if (state == DeliveryState::dead) {
+            // Only a row can be dead: its partial index is read, not the whole view.
+            auto& s = stmt(
+                "SELECT e.id, e.received_at, e.endpoint, e.type, d.handler, d.state, d.attempts, "
+                "d.next_attempt_ms, COALESCE(d.last_error, '') FROM deliveries d JOIN events e ON "
+                "e.seq = d.event_seq WHERE d.state = 'dead' AND (?1 = '' OR e.type = ?1) ORDER BY "
+                "d.event_seq, d.handler LIMIT ?2");
+            bind(s, 1, type);
+            bind(s, 2, static_cast<std::int64_t>(limit));
+            return read_deliveries(s);
+        }
         auto& s = stmt(SELECT_DELIVERIES
                        "WHERE (?1 IS NULL OR d.state = ?1) AND (?2 = '' OR e.type = ?2) "
                        "ORDER BY e.seq, d.handler LIMIT ?3");

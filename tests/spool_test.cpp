@@ -170,6 +170,45 @@ TEST_F(SqliteSpoolTest, UpdatesMoveDeliveriesBetweenStates) {
     EXPECT_EQ(spool->due(60000, 10).size(), 2u);
 }
 
+// Dead deliveries are listed from their rows' own index, not through the view of every
+// delivery: the same deliveries in the same order (event, then handler), filtered by type and
+// cut at the limit.
+TEST_F(SqliteSpoolTest, DeadDeliveriesAreListedAsTheViewWouldListThem) {
+    const auto out = store({new_event("e0", test::sample("flag"), 1000, {"b", "a", "c"}),
+                            new_event("e1", test::sample("listCreated"), 1000, {"a"}),
+                            new_event("e2", test::sample("flag"), 1000, {"a", "b"})});
+    const std::vector<DeliveryUpdate> ups = {
+        {out[0].seq, "b", DeliveryState::dead, 3, 0, "b gave up"},
+        {out[0].seq, "a", DeliveryState::dead, 3, 0, "a gave up"},
+        {out[0].seq, "c", DeliveryState::delivered, 1, 0, ""},
+        {out[1].seq, "a", DeliveryState::dead, 3, 0, "refused"},
+        {out[2].seq, "b", DeliveryState::dead, 3, 0, "timeout"},
+    };
+    spool->commit({}, ups);
+    const auto names = [](const std::vector<StoredDelivery>& ds) {
+        std::vector<std::string> n;
+        for (const auto& d : ds) n.push_back(d.event_id + "/" + d.handler + "/" + d.last_error);
+        return n;
+    };
+    std::vector<StoredDelivery> from_view;
+    for (const auto& d : spool->list(std::nullopt, "", 100))
+        if (d.state == DeliveryState::dead) from_view.push_back(d);
+    const std::vector<std::string> all = {"e0/a/a gave up", "e0/b/b gave up", "e1/a/refused",
+                                          "e2/b/timeout"};
+    EXPECT_EQ(names(from_view), all);
+    EXPECT_EQ(names(spool->list(DeliveryState::dead, "", 100)), all);
+    EXPECT_EQ(names(spool->list(DeliveryState::dead, "flag", 100)),
+              (std::vector<std::string>{"e0/a/a gave up", "e0/b/b gave up", "e2/b/timeout"}));
+    EXPECT_EQ(names(spool->list(DeliveryState::dead, "", 2)),
+              (std::vector<std::string>{"e0/a/a gave up", "e0/b/b gave up"}));
+    const auto first = spool->list(DeliveryState::dead, "", 1).at(0);
+    EXPECT_EQ(first.type, "flag");
+    EXPECT_EQ(first.endpoint, from_view[0].endpoint);
+    EXPECT_EQ(first.received_at, from_view[0].received_at);
+    EXPECT_EQ(first.attempts, 3);
+    EXPECT_EQ(first.state, DeliveryState::dead);
+}
+
 // due() gives the oldest due deliveries first across handlers, up to its limit, none of a
 // skipped handler's (however many it has waiting ahead of the others') and none not yet due.
 TEST_F(SqliteSpoolTest, DueIsOldestFirstAcrossHandlersAndSkipsFullOnes) {
