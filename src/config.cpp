@@ -115,6 +115,19 @@ Limits parse_limits(ConfigObject obj) {
     };
     body_budget("max_unverified_body_bytes", l.max_unverified_body_bytes,
                 "no body of that size is ever read");
+    if (auto n = obj.get("max_unverified_body_bytes_per_ip")) {
+        l.max_unverified_body_bytes_per_ip = n->as_uint(0, 1ull << 40);
+        if (l.max_unverified_body_bytes_per_ip != 0 &&
+            l.max_unverified_body_bytes_per_ip < l.max_body_bytes) {
+            n->fail("must be 0 or at least limits.max_body_bytes (" +
+                    std::to_string(l.max_body_bytes) + "), or no body of that size is ever read");
+        }
+    } else if (l.max_connections_per_ip == 0) {
+        l.max_unverified_body_bytes_per_ip = 0;  // behind a proxy, every client is one address
+    } else {
+        l.max_unverified_body_bytes_per_ip =
+            std::max(l.max_unverified_body_bytes / 4, l.max_body_bytes);
+    }
     body_budget("max_pending_bytes", l.max_pending_bytes, "no event of that size is ever accepted");
     obj.finish();
     return l;

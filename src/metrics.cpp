@@ -252,6 +252,8 @@ std::string_view to_string(Overload why) {
             return "max_connections_per_ip";
         case Overload::max_unverified_body_bytes:
             return "max_unverified_body_bytes";
+        case Overload::max_unverified_body_bytes_per_ip:
+            return "max_unverified_body_bytes_per_ip";
         case Overload::max_pending_events:
             return "max_pending_events";
         case Overload::max_pending_bytes:

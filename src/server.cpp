@@ -89,7 +89,11 @@ struct Connection : std::enable_shared_from_this<Connection> {
     bool idle = false;  // waiting for the first byte of the next request
     std::string remote_address = "unknown";
     std::string remote_ip = "unknown";  // what the per-address cap counts (limit_key)
-    std::string output;                 // the answer being written; capacity kept between them
+    // Body bytes this connection's client (remote_ip) holds unverified, shared by its webhook
+    // connections (set when registered; the connection's own when it is not one).
+    std::shared_ptr<std::atomic<std::uint64_t>> client_unverified =
+        std::make_shared<std::atomic<std::uint64_t>>(0);
+    std::string output;  // the answer being written; capacity kept between them
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
     // per read, so bytes trickled one at a time do not extend it.
@@ -201,33 +205,49 @@ class ClientErrorLog {
 };
 
 // A share of limits.max_unverified_body_bytes, held while a body is read and verified: without
-// it, a client with no key could make the daemon hold max_body_bytes per open connection.
+// it, a client with no key could make the daemon hold max_body_bytes per open connection. The
+// same bytes count against the client's own share (limits.max_unverified_body_bytes_per_ip), so
+// that one address cannot hold all of it.
 class BodyReservation {
   public:
-    explicit BodyReservation(std::atomic<std::uint64_t>& used) : used_(used) {}
+    BodyReservation(std::atomic<std::uint64_t>& used, std::atomic<std::uint64_t>& client_used)
+        : used_(used), client_used_(client_used) {}
     ~BodyReservation() { release(); }
     BodyReservation(const BodyReservation&) = delete;
     BodyReservation& operator=(const BodyReservation&) = delete;
 
-    // Holds `bytes` in all, if the total stays within `limit`.
-    bool grow_to(std::uint64_t bytes, std::uint64_t limit) {
-        if (bytes <= bytes_) return true;
+    // Holds `bytes` in all, if the total stays within `limit` and the client's within `share`
+    // (0: no share). Returns the limit it would pass, if any.
+    std::optional<Overload> grow_to(std::uint64_t bytes, std::uint64_t limit, std::uint64_t share) {
+        if (bytes <= bytes_) return std::nullopt;
         const auto more = bytes - bytes_;
-        auto used = used_.load(std::memory_order_relaxed);
-        do {
-            if (more > limit || used > limit - more) return false;
-        } while (!used_.compare_exchange_weak(used, used + more, std::memory_order_relaxed));
+        if (!take(used_, more, limit)) return Overload::max_unverified_body_bytes;
+        if (!take(client_used_, more, share != 0 ? share : UINT64_MAX)) {
+            used_.fetch_sub(more, std::memory_order_relaxed);
+            return Overload::max_unverified_body_bytes_per_ip;
+        }
         bytes_ = bytes;
-        return true;
+        return std::nullopt;
     }
 
     void release() {
-        if (bytes_ != 0) used_.fetch_sub(bytes_, std::memory_order_relaxed);
+        if (bytes_ == 0) return;
+        used_.fetch_sub(bytes_, std::memory_order_relaxed);
+        client_used_.fetch_sub(bytes_, std::memory_order_relaxed);
         bytes_ = 0;
     }
 
   private:
+    static bool take(std::atomic<std::uint64_t>& used, std::uint64_t more, std::uint64_t limit) {
+        auto now = used.load(std::memory_order_relaxed);
+        do {
+            if (more > limit || now > limit - more) return false;
+        } while (!used.compare_exchange_weak(now, now + more, std::memory_order_relaxed));
+        return true;
+    }
+
     std::atomic<std::uint64_t>& used_;
+    std::atomic<std::uint64_t>& client_used_;
     std::uint64_t bytes_ = 0;
 };
 
@@ -343,8 +363,14 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
     }
     // limits.max_unverified_body_bytes: bytes reserved for bodies being read, not yet verified.
     std::atomic<std::uint64_t> unverified_body_bytes{0};
-    std::size_t admin_connections = 0;                    // guarded by mutex
-    std::unordered_map<std::string, std::size_t> per_ip;  // webhook connections; guarded by mutex
+    std::size_t admin_connections = 0;  // guarded by mutex
+    // Per client (limit_key): its webhook connections, and the body bytes they hold unverified.
+    struct Client {
+        std::size_t connections = 0;
+        std::shared_ptr<std::atomic<std::uint64_t>> unverified =
+            std::make_shared<std::atomic<std::uint64_t>>(0);
+    };
+    std::unordered_map<std::string, Client> per_ip;  // guarded by mutex
 
     mutable std::mutex mutex;
     std::condition_variable all_closed;
@@ -364,12 +390,14 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
                 return "max_connections reached";
             }
             auto& from_ip = per_ip[c->remote_ip];
-            if (limits.max_connections_per_ip != 0 && from_ip >= limits.max_connections_per_ip) {
-                if (from_ip == 0) per_ip.erase(c->remote_ip);
+            if (limits.max_connections_per_ip != 0 &&
+                from_ip.connections >= limits.max_connections_per_ip) {
+                if (from_ip.connections == 0) per_ip.erase(c->remote_ip);
                 if (m) m->overloaded(Overload::max_connections_per_ip);
                 return "max_connections_per_ip reached";
             }
-            ++from_ip;
+            ++from_ip.connections;
+            c->client_unverified = from_ip.unverified;
             if (m) m->connection_opened();
         }
         connections.insert(c);
@@ -382,7 +410,8 @@ struct Server::Impl : std::enable_shared_from_this<Impl> {
         if (c->role == Listener::admin) {
             --admin_connections;
         } else {
-            if (auto it = per_ip.find(c->remote_ip); it != per_ip.end() && --it->second == 0)
+            if (auto it = per_ip.find(c->remote_ip);
+                it != per_ip.end() && --it->second.connections == 0)
                 per_ip.erase(it);
             if (auto* m = service.metrics()) m->connection_closed();
         }
@@ -563,7 +592,7 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
         Response res;
         bool keep_alive = false;
         bool read_all = false;
-        bool over_budget = false;  // refused by limits.max_unverified_body_bytes
+        std::optional<Overload> over_budget;  // the limits.max_unverified_body_bytes* it met
         unsigned version = 11;
         std::string method;
         std::string path;
@@ -613,7 +642,7 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                             break;
                     }
                 }
-                BodyReservation reservation(unverified_body_bytes);
+                BodyReservation reservation(unverified_body_bytes, *c->client_unverified);
                 if (!c->timed_out) {
                     parser.body_limit(limits.max_body_bytes);
                     parser.eager(true);
@@ -622,7 +651,8 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                     const auto& body = req.body();
                     const auto fits = [&] {
                         over_budget =
-                            !reservation.grow_to(body.size(), limits.max_unverified_body_bytes);
+                            reservation.grow_to(body.size(), limits.max_unverified_body_bytes,
+                                                limits.max_unverified_body_bytes_per_ip);
                         return !over_budget;
                     };
                     error_code bec;
@@ -634,11 +664,10 @@ asio::awaitable<void> Server::Impl::serve(std::shared_ptr<Connection> c, Stream&
                         done = parser.is_done();
                     }
                     if (over_budget) {
-                        if (auto* m = service.metrics())
-                            m->overloaded(Overload::max_unverified_body_bytes);
+                        if (auto* m = service.metrics()) m->overloaded(*over_budget);
                         res = error_response(503, "overloaded");
                         res.endpoint = endpoint.path;
-                        res.error = "limits.max_unverified_body_bytes reached";
+                        res.error = "limits." + std::string(to_string(*over_budget)) + " reached";
                         res.close = true;  // the rest of the body is not read
                     } else if (bec) {
                         auto answer = answer_for_read_error(*c, bec);

@@ -52,6 +52,7 @@ TEST(Config, DefaultsMatchTheDocumentation) {
     EXPECT_EQ(c.limits.drain_timeout.count(), 10000);
     EXPECT_EQ(c.limits.max_pending_events, 65536u);
     EXPECT_EQ(c.limits.max_unverified_body_bytes, 64u << 20);
+    EXPECT_EQ(c.limits.max_unverified_body_bytes_per_ip, 16u << 20);
     EXPECT_EQ(c.log.format, log::Format::json);
     EXPECT_EQ(c.log.level, log::Level::info);
 }
@@ -253,6 +254,32 @@ TEST(Config, UnverifiedBodyBudgetIsAtLeastTheLargestBody) {
                     R"("limits": {"max_body_bytes": 2000, "max_unverified_body_bytes": 1999},)"),
         "test.json: limits.max_unverified_body_bytes: must be at least "
         "limits.max_body_bytes (2000), or no body of that size is ever read");
+}
+
+// One client's share of that budget: left out, a quarter of it but at least one largest body,
+// and none behind a proxy (max_connections_per_ip 0); set, 0 or at least one largest body.
+TEST(Config, UnverifiedBodyShareOfOneClientIsAQuarterOrAtLeastTheLargestBody) {
+    const auto limits = [](const std::string& text) {
+        auto c = parse(config_text(one_endpoint, one_handler, R"("limits": {)" + text + "},"));
+        EXPECT_TRUE(c) << c.error();
+        return c ? c.value().limits : Limits{};
+    };
+    EXPECT_EQ(limits(R"("max_unverified_body_bytes": 8000000)").max_unverified_body_bytes_per_ip,
+              2000000u);
+    EXPECT_EQ(limits(R"("max_body_bytes": 3000000, "max_unverified_body_bytes": 8000000)")
+                  .max_unverified_body_bytes_per_ip,
+              3000000u);
+    EXPECT_EQ(limits(R"("max_connections_per_ip": 0)").max_unverified_body_bytes_per_ip, 0u);
+    EXPECT_EQ(limits(R"("max_unverified_body_bytes_per_ip": 0)").max_unverified_body_bytes_per_ip,
+              0u);
+    EXPECT_EQ(
+        limits(R"("max_unverified_body_bytes_per_ip": 5000000)").max_unverified_body_bytes_per_ip,
+        5000000u);
+    expect_error(config_text(one_endpoint, one_handler,
+                             R"("limits": {"max_body_bytes": 2000, )"
+                             R"("max_unverified_body_bytes_per_ip": 1999},)"),
+                 "test.json: limits.max_unverified_body_bytes_per_ip: must be 0 or at least "
+                 "limits.max_body_bytes (2000), or no body of that size is ever read");
 }
 
 TEST(Config, PendingBytesAreAtLeastTheLargestBody) {

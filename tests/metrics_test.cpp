@@ -104,9 +104,12 @@ TEST(Metrics, CountsRequestsEventsFailuresAndGauges) {
     m.overloaded(Overload::max_connections_per_ip);
     m.overloaded(Overload::max_unverified_body_bytes);
     m.overloaded(Overload::max_unverified_body_bytes);
+    m.overloaded(Overload::max_unverified_body_bytes_per_ip);
     const auto s = parse_exposition(m.render({7, 2, 3}));
     EXPECT_EQ(s.at(R"(sigsci_webhookd_overloaded_total{limit="max_connections_per_ip"})"), 1);
     EXPECT_EQ(s.at(R"(sigsci_webhookd_overloaded_total{limit="max_unverified_body_bytes"})"), 2);
+    EXPECT_EQ(s.at(R"(sigsci_webhookd_overloaded_total{limit="max_unverified_body_bytes_per_ip"})"),
+              1);
     for (const auto* none :
          {"max_connections", "max_pending_events", "max_pending_bytes", "shutting_down"}) {
         EXPECT_EQ(s.at(std::string(R"(sigsci_webhookd_overloaded_total{limit=")") + none + "\"}"),

@@ -400,6 +400,47 @@ TEST_F(ServerTest, BodiesBeyondTheUnverifiedBudgetGet503AndWhatTheyHeldIsGivenBa
     EXPECT_EQ(exchange(test::post("/sigsci/test", third, sign(third))).status, 200);
 }
 
+// One client (an IPv4 address, an IPv6 /64) holds at most its share of that budget: its body
+// that would pass the share is refused while the budget has room, and another client's body is
+// still read.
+TEST_F(ServerTest, OneClientHoldsAtMostItsShareOfTheUnverifiedBudget) {
+    start(R"("max_body_bytes": 1000, "max_unverified_body_bytes": 4000, )"
+          R"("max_unverified_body_bytes_per_ip": 1000)",
+          R"(["127.0.0.1:0", "[::1]:0"])");
+    const auto body = body_of_size(1000);
+    RawClient a(port);
+    RawClient b(port);
+    a.send(head_of(body, sign(body)) + body.substr(0, 900));
+    b.send(head_of(body, sign(body)) + body.substr(0, 900));
+    std::string refused_from;
+    ASSERT_TRUE(logged([&](Json& j) {
+        if (j["msg"] != "request" || j["status"] != 503) return false;
+        EXPECT_EQ(j["error"], "limits.max_unverified_body_bytes_per_ip reached");
+        refused_from = j["remote"];
+        return true;
+    }));
+    const bool a_refused = refused_from == "127.0.0.1:" + std::to_string(a.local_port());
+    RawClient& refused = a_refused ? a : b;
+    RawClient& admitted = a_refused ? b : a;
+    EXPECT_EQ(refused.read_response().status, 503);
+
+    // Another client, over IPv6, has a share of its own while 127.0.0.1 holds 900 bytes.
+    std::unique_ptr<RawClient> v6;
+    try {
+        v6 = std::make_unique<RawClient>(daemon->ports().at(1), true);
+    } catch (const std::exception& e) {
+        GTEST_SKIP() << "no IPv6 loopback here: " << e.what();
+    }
+    v6->send(head_of(body, sign(body)) + body.substr(0, 900));
+    admitted.send(body.substr(900));
+    EXPECT_EQ(admitted.read_response().status, 200);
+    v6->send(body.substr(900));
+    EXPECT_EQ(v6->read_response().status, 200);
+    // What 127.0.0.1 held came back: a whole body fits its share again.
+    const auto other = body_of_size(999) + " ";
+    EXPECT_EQ(exchange(test::post("/sigsci/test", other, sign(other))).status, 200);
+}
+
 TEST_F(ServerTest, KeepAliveServesManyRequestsOnOneConnection) {
     start();
     RawClient c(port);

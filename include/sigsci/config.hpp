@@ -41,6 +41,11 @@ struct Limits {
     // without a key can make the daemon hold. Never below max_body_bytes.
     std::uint64_t max_unverified_body_bytes = default_max_unverified_body_bytes;
     static constexpr std::uint64_t default_max_unverified_body_bytes = 64ull << 20;
+    // The share of it one client (as max_connections_per_ip counts them) may hold, so that one
+    // address cannot take all of it from the others. Left out of the config: a quarter of
+    // max_unverified_body_bytes, at least max_body_bytes (0 when max_connections_per_ip is 0).
+    // 0: no share.
+    std::uint64_t max_unverified_body_bytes_per_ip = default_max_unverified_body_bytes / 4;
 };
 
 struct RetryPolicy {

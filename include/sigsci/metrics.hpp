@@ -18,11 +18,12 @@ enum class Overload : std::uint8_t {
     max_connections,
     max_connections_per_ip,
     max_unverified_body_bytes,
+    max_unverified_body_bytes_per_ip,
     max_pending_events,
     max_pending_bytes,
     shutting_down,  // not a limit: the daemon was stopping
 };
-inline constexpr std::size_t overload_kinds = 6;
+inline constexpr std::size_t overload_kinds = 7;
 std::string_view to_string(Overload why);
 
 class Metrics {
