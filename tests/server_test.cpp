@@ -24,6 +24,21 @@ namespace {
 
 using test::RawClient;
 
+// A flag event whose body is exactly `size` bytes.
+std::string body_of_size(std::size_t size) {
+    std::string body = R"({"type":"flag","payload":")";
+    body += std::string(size - body.size() - 2, 'x') + "\"}";
+    return body;
+}
+
+// The head of a POST of `body`, signed with `signature`.
+std::string head_of(const std::string& body, const std::string& signature,
+                    const std::string& extra = "") {
+    return "POST /sigsci/test HTTP/1.1\r\nHost: x\r\n" + extra +
+           "X-SigSci-Signature: " + signature +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+}
+
 class ServerTest : public ::testing::Test {
   protected:
     void SetUp() override {
@@ -121,6 +136,27 @@ class ServerTest : public ::testing::Test {
     }
 
     bool logged(const std::function<bool(Json&)>& pred) { return logs->wait_for_record(pred); }
+
+    // `a` and `b` each send 900 bytes of `body` (1000 bytes): the one the daemon reads second
+    // would pass `limit`. Returns that one, once its 503 is logged with "limits.LIMIT reached".
+    RawClient* second_body_refused(RawClient& a, RawClient& b, const std::string& body,
+                                   const std::string& limit) {
+        a.send(head_of(body, sign(body)) + body.substr(0, 900));
+        b.send(head_of(body, sign(body)) + body.substr(0, 900));
+        std::string refused_from;
+        const bool refused = logged([&](Json& j) {
+            if (j["msg"] != "request" || j["status"] != 503) return false;
+            EXPECT_EQ(j["error"], "limits." + limit + " reached");
+            refused_from = j["remote"];
+            return true;
+        });
+        if (!refused) return nullptr;
+        for (auto* c : {&a, &b}) {
+            if (refused_from == "127.0.0.1:" + std::to_string(c->local_port())) return c;
+        }
+        ADD_FAILURE() << "refused from " << refused_from;
+        return nullptr;
+    }
 
     test::TempDir dir;
     std::shared_ptr<test::MemorySink> logs;
@@ -338,21 +374,6 @@ TEST_F(ServerTest, Expect100ContinueOnUnknownPathGetsTheFinalAnswerInstead) {
     EXPECT_EQ(r.status, 404);
 }
 
-// A flag event whose body is exactly `size` bytes.
-std::string body_of_size(std::size_t size) {
-    std::string body = R"({"type":"flag","payload":")";
-    body += std::string(size - body.size() - 2, 'x') + "\"}";
-    return body;
-}
-
-// The head of a POST of `body`, signed with `signature`.
-std::string head_of(const std::string& body, const std::string& signature,
-                    const std::string& extra = "") {
-    return "POST /sigsci/test HTTP/1.1\r\nHost: x\r\n" + extra +
-           "X-SigSci-Signature: " + signature +
-           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
-}
-
 // What clients without a key can make the daemon hold is bounded across connections: the bodies
 // being read and not yet verified count against max_unverified_body_bytes as their bytes
 // arrive; the one that would pass it is answered 503 and not read further, and what a body held
@@ -364,20 +385,10 @@ TEST_F(ServerTest, BodiesBeyondTheUnverifiedBudgetGet503AndWhatTheyHeldIsGivenBa
     // 900 of 1000 bytes each: whichever body the daemon reads second does not fit.
     RawClient a(port);
     RawClient b(port);
-    a.send(head_of(body, sign(body)) + body.substr(0, 900));
-    b.send(head_of(body, sign(body)) + body.substr(0, 900));
-    std::string refused_from;
-    ASSERT_TRUE(logged([&](Json& j) {
-        if (j["msg"] != "request" || j["status"] != 503) return false;
-        EXPECT_EQ(j["error"], "limits.max_unverified_body_bytes reached");
-        refused_from = j["remote"];
-        return true;
-    }));
-    const bool a_refused = refused_from == "127.0.0.1:" + std::to_string(a.local_port());
-    ASSERT_TRUE(a_refused || refused_from == "127.0.0.1:" + std::to_string(b.local_port()))
-        << refused_from;
-    RawClient& refused = a_refused ? a : b;
-    RawClient& admitted = a_refused ? b : a;
+    auto* refused_one = second_body_refused(a, b, body, "max_unverified_body_bytes");
+    ASSERT_TRUE(refused_one);
+    RawClient& refused = *refused_one;
+    RawClient& admitted = refused_one == &a ? b : a;
     const auto r = refused.read_response();
     EXPECT_EQ(r.status, 503);
     EXPECT_EQ(r.body, R"({"error":"overloaded"})");
@@ -410,19 +421,10 @@ TEST_F(ServerTest, OneClientHoldsAtMostItsShareOfTheUnverifiedBudget) {
     const auto body = body_of_size(1000);
     RawClient a(port);
     RawClient b(port);
-    a.send(head_of(body, sign(body)) + body.substr(0, 900));
-    b.send(head_of(body, sign(body)) + body.substr(0, 900));
-    std::string refused_from;
-    ASSERT_TRUE(logged([&](Json& j) {
-        if (j["msg"] != "request" || j["status"] != 503) return false;
-        EXPECT_EQ(j["error"], "limits.max_unverified_body_bytes_per_ip reached");
-        refused_from = j["remote"];
-        return true;
-    }));
-    const bool a_refused = refused_from == "127.0.0.1:" + std::to_string(a.local_port());
-    RawClient& refused = a_refused ? a : b;
-    RawClient& admitted = a_refused ? b : a;
-    EXPECT_EQ(refused.read_response().status, 503);
+    auto* refused = second_body_refused(a, b, body, "max_unverified_body_bytes_per_ip");
+    ASSERT_TRUE(refused);
+    RawClient& admitted = refused == &a ? b : a;
+    EXPECT_EQ(refused->read_response().status, 503);
 
     // Another client, over IPv6, has a share of its own while 127.0.0.1 holds 900 bytes.
     std::unique_ptr<RawClient> v6;
