@@ -90,9 +90,9 @@ struct Connection : std::enable_shared_from_this<Connection> {
     std::string remote_address = "unknown";
     std::string remote_ip = "unknown";  // what the per-address cap counts (limit_key)
     // Body bytes this connection's client (remote_ip) holds unverified, shared by its webhook
-    // connections (set when registered; the connection's own when it is not one).
-    std::shared_ptr<std::atomic<std::uint64_t>> client_unverified =
-        std::make_shared<std::atomic<std::uint64_t>>(0);
+    // connections. Set when a webhook connection is registered; only those read bodies (an
+    // admin connection's requests are all answered from the head, route_admin).
+    std::shared_ptr<std::atomic<std::uint64_t>> client_unverified;
     std::string output;  // the answer being written; capacity kept between them
 
     // Cancels whatever I/O is pending once `timeout` has passed; the deadline is total, not
