@@ -653,7 +653,7 @@ class SqliteSpool final : public Spool {
     StoreOutcome store_one(const NewEvent& e, std::vector<std::string>& new_marks) {
         auto& s = stmt(
             "INSERT INTO events (id, received_at, received_ms, endpoint, type, body, body_hash, "
-            "handlers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+            "handlers, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
         json_names(e.handlers, names_);
         bind_static(s, 1, e.id);
         bind_static(s, 2, e.received_at);
@@ -663,8 +663,9 @@ class SqliteSpool final : public Spool {
         bind_static_blob(s, 6, *e.body);  // the body is the bulk of the row: not copied again
         bind_static_blob(s, 7, e.body_hash);
         bind_static(s, 8, names_);
+        const auto seq = next_seq();
+        bind(s, 9, seq);
         step(s);
-        const auto seq = sqlite3_last_insert_rowid(db_.get());
         const auto with_row = [&](const std::string& h) {
             return !e.deliveries_in_memory ||
                    std::find(e.handlers_with_rows.begin(), e.handlers_with_rows.end(), h) !=
@@ -697,6 +698,20 @@ class SqliteSpool final : public Spool {
         return {e.id, seq};
     }
 
+    // The seq of the next event: above every seq this connection has given out, and above every
+    // event and progress mark in the file when it stored its first. Left to SQLite, a new rowid
+    // is the largest in the table plus one, so once pruning (a quiet day) or `spool purge` had
+    // deleted the newest events, a new event took a seq below a handler's mark again: it counted
+    // as delivered before it was, and a crash lost its delivery (resume_all() gave it no row).
+    std::int64_t next_seq() {
+        if (!last_seq_) {
+            last_seq_ = query_int(
+                "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT "
+                "COALESCE(MAX(done_below), 1) - 1 FROM progress))");
+        }
+        return ++*last_seq_;
+    }
+
     void update_one(const DeliveryUpdate& u) {
         // A delivery run from memory has no row until its first failure. An event purged
         // meanwhile gets none.
@@ -725,6 +740,7 @@ class SqliteSpool final : public Spool {
     std::unordered_map<const char*, Stmt> stmts_;
     std::map<std::string, Stmt, std::less<>> due_stmts_;  // due()'s, by handler
     std::unordered_set<std::string> marked_;              // handlers known to have a progress row
+    std::optional<std::int64_t> last_seq_;                // see next_seq()
     std::string names_;  // store_one's handler list, bound without a copy
     std::unique_ptr<WalCheckpointer> checkpointer_;  // declared after db_: stopped before it closes
 };

@@ -503,6 +503,40 @@ TEST_F(SqliteSpoolTest, ResumeGivesRowsToWhatWasRunningFromMemory) {
     EXPECT_EQ(spool->stats().pending, 3u);
 }
 
+// A new event's seq is above every seq given out before, even once the newest events are gone:
+// pruned after a quiet day, or purged by `spool purge` (another connection) while the daemon
+// runs. A reused seq fell below the handler's mark, so the event counted as delivered before it
+// was, and after a crash resume_all() gave it no row: its delivery was lost.
+TEST_F(SqliteSpoolTest, SeqsAreNeverReusedAfterTheNewestEventsAreDeleted) {
+    const auto first = store({in_memory_event("e1", test::sample("flag"), 1000, {"a"})})[0].seq;
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", first + 1}});
+    EXPECT_EQ(spool->prune(9000, 20000, 0, 10).deleted, 1u);  // the quiet day: the table is empty
+
+    const auto second = store({in_memory_event("e2", test::sample("flag"), 10000, {"a"})})[0].seq;
+    EXPECT_GT(second, first);
+    auto st = spool->stats();
+    EXPECT_EQ(st.pending, 1u);  // above a's mark, not taken for delivered
+    EXPECT_EQ(st.delivered, 0u);
+    spool->commit({}, {}, std::vector<ProgressMark>{{"a", second + 1}});
+
+    const auto cli = open_sqlite_spool(dir / "spool.db");
+    EXPECT_EQ(cli->purge(20000), 1u);
+    const auto third = store({in_memory_event("e3", test::sample("flag"), 30000, {"a"})})[0].seq;
+    EXPECT_GT(third, second);
+
+    // The crash: the delivery of e3 never ended. The next start gives it a row.
+    spool.reset();
+    spool = open_sqlite_spool(dir / "spool.db");
+    EXPECT_EQ(spool->resume_all(40000), 1u);
+    const auto due = spool->due(40000, 10);
+    ASSERT_EQ(due.size(), 1u);
+    EXPECT_EQ(due[0].event_id, "e3");
+    // A spool opened afresh starts above the marks too: the next start's first event.
+    const auto fourth = store({in_memory_event("e4", test::sample("flag"), 50000, {"a"})})[0].seq;
+    EXPECT_GT(fourth, third);
+    EXPECT_EQ(spool->stats().pending, 2u);
+}
+
 // A spool written by the version before progress marks opens, keeps its rows, and takes new
 // events of either kind.
 TEST_F(SqliteSpoolTest, OpensASpoolFromBeforeProgressMarks) {
