@@ -281,7 +281,8 @@ class Running(unittest.TestCase):
 
 
 class ShippedExample(unittest.TestCase):
-    """config/example.json as shipped (moved to port 0 and a temp dir): the exec example runs."""
+    """config/example.json as shipped (both listeners moved to port 0, in a temp dir): the exec
+    example runs."""
 
     def test_flag_event_runs_the_block_ip_example(self):
         import shutil
@@ -291,6 +292,7 @@ class ShippedExample(unittest.TestCase):
             path = os.path.join(d, "example.json")
             with open(path) as f:
                 text = f.read().replace('"127.0.0.1:8080"', '"127.0.0.1:0"')
+                text = text.replace('"127.0.0.1:9102"', '"127.0.0.1:0"')  # the admin listener
             with open(path, "w") as f:
                 f.write(text)
             daemon = Daemon(path)
