@@ -7,6 +7,7 @@
 #include <climits>
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -37,7 +38,6 @@ constexpr auto stats_interval = std::chrono::seconds(2);
 // ...or this many times as long as the last count took: counting the rows of a long outage
 // (about 0.5 µs a row) takes the poller at most 2 % of its time.
 constexpr int stats_cost_factor = 50;
-constexpr auto prune_interval = std::chrono::seconds(60);
 constexpr auto stats_log_interval = std::chrono::seconds(60);
 constexpr auto failed_commit_backoff = std::chrono::milliseconds(1000);
 // Pruning reads this many events per slice, one slice between two commits, so that a commit
@@ -147,7 +147,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     using Claim = std::pair<std::string, std::string>;  // (event id, handler)
 
     Impl(SpoolConfig c, unsigned threads, PendingLimits pending, HandlerLookup l, Metrics* m,
-         std::chrono::milliseconds poll, std::size_t max_bytes)
+         std::chrono::milliseconds poll, std::size_t max_bytes, std::chrono::milliseconds prune)
         : config(std::move(c)),
           writer_db(open_sqlite_spool(
               config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
@@ -158,6 +158,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
           metrics(m),
           poll_interval(poll),
           max_running_bytes(max_bytes),
+          prune_interval(prune),
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
@@ -170,6 +171,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     Metrics* const metrics;  // may be null
     const std::chrono::milliseconds poll_interval;
     const std::size_t max_running_bytes;
+    const std::chrono::milliseconds prune_interval;
 
     mutable std::mutex mutex;
     std::condition_variable writer_cv;
@@ -223,6 +225,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     std::map<std::string, std::set<std::int64_t>, std::less<>> outstanding;
     std::map<std::string, std::int64_t, std::less<>> marks_written;
     std::int64_t last_seq = 0;
+    // Writer thread only: where the next round of pruning starts. Every event below it that is
+    // still there waits for a delivery, and only a committed outcome can end that (the commit
+    // lowers it, lower_prune_from()); so a round does not read again, every minute, the events
+    // kept for a handler that is down or dead-lettered.
+    std::int64_t prune_from = 0;
 
     // Pending rows by handler and dead ones, under mutex, as of the poller's last count (every
     // 2 s or less often). The deliveries running from memory, which have no row, are added live
@@ -296,7 +303,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             {
                 std::unique_lock lock(mutex);
                 // A round of pruning is left for the next start once the daemon stops.
-                if (draining) pruning.active = false;
+                if (draining) drop_pruning(pruning);
                 writer_waiting = true;
                 if (draining) idle_cv.notify_all();  // stop() waits for the writer to be idle
                 const auto wanted = [&] {
@@ -398,6 +405,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             }
         }
         if (outcomes_committed) {
+            lower_prune_from(ups, marks);
             for (const auto& m : marks) marks_written[m.handler] = m.done_below;
         } else {
             for (const auto& [handler, seq] : resolved) outstanding[handler].insert(seq);
@@ -565,13 +573,15 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         idle_cv.notify_all();
     }
 
-    // A round of pruning: slices from the oldest event until one finds nothing more to read.
+    // A round of pruning: slices from `prune_from` until one finds nothing more to read.
     struct Pruning {
         bool active = false;
         std::int64_t before_ms = 0;
         std::int64_t now_ms = 0;
+        std::int64_t from_seq = 0;  // where the round started
         std::int64_t next_seq = 0;
         std::size_t deleted = 0;
+        std::optional<std::int64_t> kept_for_time;  // the first event kept for its receipt time
     };
 
     void start_pruning(Pruning& p) {
@@ -579,7 +589,17 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
         const auto now = now_unix_ms();
         const auto retention =
             std::chrono::duration_cast<std::chrono::milliseconds>(config.retention).count();
-        p = Pruning{true, now - retention, now, 0, 0};
+        p = Pruning{true, now - retention, now, prune_from, prune_from, 0, std::nullopt};
+        // From here on, prune_from collects what the round's commits make prunable behind it.
+        prune_from = std::numeric_limits<std::int64_t>::max();
+    }
+
+    // A round that ends before it is done (the daemon drains, or a slice failed) leaves the next
+    // one to start where it started.
+    void drop_pruning(Pruning& p) {
+        if (!p.active) return;
+        prune_from = std::min(prune_from, p.from_seq);
+        p.active = false;
     }
 
     // One slice; false once the round is over.
@@ -588,13 +608,31 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
             const auto slice = writer_db->prune(p.before_ms, p.now_ms, p.next_seq, prune_slice);
             p.deleted += slice.deleted;
             p.next_seq = slice.next_seq;
+            if (!p.kept_for_time) p.kept_for_time = slice.kept_for_time;
             if (!slice.done) return true;
             if (p.deleted > 0) log::info("spool pruned", {{"events", p.deleted}});
+            // Before the first event kept for its time, every event left waits for a delivery.
+            prune_from = std::min(prune_from, p.kept_for_time.value_or(p.next_seq));
+            p.active = false;
         } catch (const SpoolError& e) {
             log::error("spool prune failed", {{"error", e.what()}});
+            drop_pruning(p);
         }
-        p.active = false;
         return false;
+    }
+
+    // What a commit of outcomes makes prunable: a delivery's row that is now delivered, and the
+    // events a handler's progress mark passes (from where it was). Called before marks_written
+    // takes the new marks.
+    void lower_prune_from(const std::vector<DeliveryUpdate>& ups,
+                          const std::vector<ProgressMark>& marks) {
+        for (const auto& u : ups) {
+            if (u.state == DeliveryState::delivered) prune_from = std::min(prune_from, u.seq);
+        }
+        for (const auto& m : marks) {
+            const auto it = marks_written.find(m.handler);
+            prune_from = std::min(prune_from, it == marks_written.end() ? 0 : it->second);
+        }
     }
 
     // ---- deliveries -------------------------------------------------------------------------
@@ -842,9 +880,11 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
 
 SpoolSink::SpoolSink(SpoolConfig config, unsigned delivery_threads, PendingLimits pending_limits,
                      HandlerLookup lookup, Metrics* metrics,
-                     std::chrono::milliseconds poll_interval, std::size_t max_running_bytes)
+                     std::chrono::milliseconds poll_interval, std::size_t max_running_bytes,
+                     std::chrono::milliseconds prune_interval)
     : impl_(std::make_shared<Impl>(std::move(config), delivery_threads, pending_limits,
-                                   std::move(lookup), metrics, poll_interval, max_running_bytes)) {
+                                   std::move(lookup), metrics, poll_interval, max_running_bytes,
+                                   prune_interval)) {
     // A restart usually follows a fix: what waited for a backoff is tried again at once.
     impl_->writer_db->resume_all(now_unix_ms());
     if (impl_->config.duplicate_window.count() > 0) {

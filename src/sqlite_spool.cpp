@@ -415,12 +415,13 @@ class SqliteSpool final : public Spool {
             std::size_t read = 0;
             while (step(s)) {
                 ++read;
+                const auto seq = column_int(s, 0);
                 const auto received_ms = column_int(s, 1);
+                if (received_ms >= before_ms && !out.kept_for_time) out.kept_for_time = seq;
                 if (received_ms >= before_ms && received_ms <= now_ms) {
                     out.done = true;
                     break;
                 }
-                const auto seq = column_int(s, 0);
                 out.next_seq = seq + 1;
                 if (received_ms >= before_ms || column_int(s, 2) == 0) continue;
                 if (victims.size() > 1) victims += ',';

@@ -312,11 +312,13 @@ TEST_F(SqliteSpoolTest, PruneGoesInSlicesAndStopsAtTheFirstYoungEvent) {
     EXPECT_EQ(slice.deleted, 2u);
     EXPECT_EQ(slice.next_seq, seq[2] + 1);
     EXPECT_FALSE(slice.done);
+    EXPECT_FALSE(slice.kept_for_time);  // e1 waits for its delivery, not for time
     EXPECT_EQ(count_rows(dir / "spool.db", "SELECT COUNT(*) FROM deliveries"), 1);  // e1's
     slice = spool->prune(5000, 20000, slice.next_seq, 3);  // reads e3, e4, then e5 ends the round
     EXPECT_EQ(slice.deleted, 2u);
     EXPECT_EQ(slice.next_seq, seq[4] + 1);
     EXPECT_TRUE(slice.done);
+    EXPECT_EQ(slice.kept_for_time, seq[5]);
     for (const auto* id : {"e0", "e2", "e3", "e4"}) EXPECT_FALSE(spool->find(id)) << id;
     for (const auto* id : {"e1", "e5", "e6"}) EXPECT_TRUE(spool->find(id)) << id;
 
@@ -336,9 +338,11 @@ TEST_F(SqliteSpoolTest, AnEventStampedInTheFutureDoesNotHoldPruningUp) {
     store({new_event("future", test::sample("flag"), 50000, {})});
     store({new_event("old", test::sample("flag"), 1000, {})});
     store({new_event("young", test::sample("flag"), 9000, {})});
+    const auto future_seq = spool->find("future")->seq;
     auto slice = spool->prune(5000, 20000, 0, 10);
     EXPECT_EQ(slice.deleted, 1u);
     EXPECT_TRUE(slice.done);
+    EXPECT_EQ(slice.kept_for_time, future_seq);  // the next round reads from it again
     EXPECT_TRUE(spool->find("future"));
     EXPECT_FALSE(spool->find("old"));
     EXPECT_TRUE(spool->find("young"));
@@ -678,7 +682,7 @@ class SpoolSinkTest : public ::testing::Test {
                 const auto it = handlers.find(name);
                 return it == handlers.end() ? nullptr : it->second;
             },
-            nullptr, poll_interval, max_running_bytes);
+            nullptr, poll_interval, max_running_bytes, prune_interval);
     }
 
     void add(const HandlerPtr& h) {
@@ -788,6 +792,7 @@ class SpoolSinkTest : public ::testing::Test {
     SpoolConfig config;
     std::chrono::milliseconds poll_interval = SpoolSink::default_poll_interval;
     std::size_t max_running_bytes = SpoolSink::default_max_running_bytes;
+    std::chrono::milliseconds prune_interval = SpoolSink::default_prune_interval;
     PendingLimits pending_limits{1000, Limits::default_max_pending_bytes};
     std::shared_ptr<test::MemorySink> logs;
     std::mutex handlers_mutex;
@@ -1269,6 +1274,74 @@ TEST_F(SpoolSinkTest, PruningDeletesOldEventsSliceBySliceAndLogsTheRoundOnce) {
     EXPECT_EQ(pruned[0]["events"], 2500);
     EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events"), 2);
     EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events WHERE id = 'young'"), 1);
+}
+
+bool is_pruned(Json& r) {
+    return r["msg"] == "spool pruned";
+}
+
+// A round of pruning starts where the last one met an event kept for its time, so that it does
+// not read again, every minute, the events kept for a delivery that is not done (a handler down
+// for days keeps them all). A delivery that ends behind that point brings the next round back to
+// its event: here a delivery with a row that was running during the first round.
+TEST_F(SpoolSinkTest, AnEventWhoseDeliveryEndsAfterARoundIsPrunedByTheNext) {
+    const auto two_days_ago = now_unix_ms() - 2 * 86'400'000;
+    {
+        auto spool = open_sqlite_spool(config.path);
+        spool->commit(
+            std::vector<NewEvent>{new_event("stuck", test::sample("flag"), two_days_ago, {"gated"}),
+                                  new_event("gone", test::sample("flag"), two_days_ago, {}),
+                                  new_event("young", test::sample("flag"), now_unix_ms(), {})},
+            {});
+    }
+    auto gated = std::make_shared<GatedHandler>();
+    add(gated);
+    prune_interval = std::chrono::milliseconds(20);
+    start();
+    ASSERT_TRUE(logs->wait_for_records(is_pruned, 1));  // "gone"; "stuck" is being delivered
+    EXPECT_TRUE(open_sqlite_spool(config.path)->find("stuck"));
+    gated->open();
+    ASSERT_TRUE(logs->wait_for_records(is_pruned, 2));
+    EXPECT_FALSE(open_sqlite_spool(config.path)->find("stuck"));
+    EXPECT_TRUE(open_sqlite_spool(config.path)->find("young"));
+}
+
+// The same for a delivery run from memory, which has no row: the handler's progress mark passing
+// the event is what brings the next round back to it. Retention 0: every event is old at once.
+TEST_F(SpoolSinkTest, AnEventDeliveredFromMemoryAfterARoundIsPrunedByTheNext) {
+    config.retention = std::chrono::seconds(0);
+    auto gated = std::make_shared<GatedHandler>();
+    add(gated);
+    prune_interval = std::chrono::milliseconds(20);
+    start();
+    const auto held = submit(test::sample("flag"), {gated});
+    ASSERT_EQ(held.status, SubmitResult::Status::accepted);
+    ASSERT_EQ(submit(test::sample("listCreated"), {}).status, SubmitResult::Status::accepted);
+    // A round deletes the event without handlers and keeps the one being delivered.
+    ASSERT_TRUE(logs->wait_for_records(is_pruned, 1));
+    EXPECT_TRUE(open_sqlite_spool(config.path)->find(held.id));
+    gated->open();
+    ASSERT_TRUE(logs->wait_for_records(is_pruned, 2));
+    EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events"), 0);
+}
+
+// An event stamped in the future (by a clock that has since stepped back) is read past, not
+// waited for; the next rounds still start at it, and delete it once it is old.
+TEST_F(SpoolSinkTest, AnEventStampedInTheFutureIsPrunedOnceItIsOld) {
+    config.retention = std::chrono::seconds(0);
+    {
+        auto spool = open_sqlite_spool(config.path);
+        spool->commit(
+            std::vector<NewEvent>{
+                new_event("future", test::sample("flag"), now_unix_ms() + 2000, {}),
+                new_event("gone", test::sample("flag"), now_unix_ms() - 1000, {})},
+            {});
+    }
+    prune_interval = std::chrono::milliseconds(20);
+    start();
+    ASSERT_TRUE(logs->wait_for_record([&](Json& r) {
+        return is_pruned(r) && count_rows(config.path, "SELECT COUNT(*) FROM events") == 0;
+    }));
 }
 
 TEST_F(SpoolSinkTest, FullSpoolRefusesNewEventsButKeepsRecordingOutcomes) {

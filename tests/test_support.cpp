@@ -96,12 +96,20 @@ bool MemorySink::wait_for(const std::function<bool(const std::string&)>& pred,
 
 bool MemorySink::wait_for_record(const std::function<bool(Json&)>& pred,
                                  std::chrono::milliseconds timeout) {
-    return wait_for(
-        [&](const std::string& line) {
+    return wait_for_records(pred, 1, timeout);
+}
+
+bool MemorySink::wait_for_records(const std::function<bool(Json&)>& pred, std::size_t n,
+                                  std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] {
+        std::size_t found = 0;
+        for (const auto& line : lines_) {
             auto record = Json::parse(line);
-            return pred(record);
-        },
-        timeout);
+            if (pred(record) && ++found >= n) return true;
+        }
+        return false;
+    });
 }
 
 void MemorySink::sink_it_(const spdlog::details::log_msg& msg) {

@@ -55,6 +55,9 @@ class MemorySink final : public spdlog::sinks::base_sink<std::mutex> {
     // The same over JSON log records (a non-const Json, so that a missing key reads as null).
     bool wait_for_record(const std::function<bool(Json&)>& pred,
                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    // ...until `n` records satisfy it.
+    bool wait_for_records(const std::function<bool(Json&)>& pred, std::size_t n,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   protected:
     void sink_it_(const spdlog::details::log_msg& msg) override;

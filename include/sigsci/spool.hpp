@@ -172,11 +172,15 @@ class Spool {
     // clock stepped back waits for those before it). An event received after `now_ms` was
     // stamped by a clock that has since stepped back: it is read past, so that it cannot hold
     // pruning up until its time comes. `next_seq` is where the next slice starts; `done` when
-    // nothing is left.
+    // nothing is left. `kept_for_time` is the first event the slice kept for its receipt time
+    // (the one that ended it, or one stamped in the future), if any: time alone makes it
+    // prunable, so a later round must read it again. Every other event it kept waits for a
+    // delivery, which only a committed outcome can end.
     struct PruneSlice {
         std::size_t deleted = 0;
         std::int64_t next_seq = 0;
         bool done = false;
+        std::optional<std::int64_t> kept_for_time;
     };
     virtual PruneSlice prune(std::int64_t before_ms, std::int64_t now_ms, std::int64_t from_seq,
                              std::size_t limit) = 0;

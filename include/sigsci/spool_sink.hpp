@@ -26,13 +26,16 @@ class SpoolSink final : public EventSink {
     // Deliveries running at once (and at most Handler::max_in_flight() of one handler); beyond
     // it, accepted events wait in the spool for the poller.
     static constexpr std::size_t max_in_flight = 1024;
+    // How often a round of pruning starts (events past spool.retention, delivered).
+    static constexpr std::chrono::milliseconds default_prune_interval{60000};
 
     // Opens the spool (throws SpoolError) and resumes every delivery left pending.
     // `metrics`, if given, counts each delivery's outcome and must outlive the sink.
     SpoolSink(SpoolConfig config, unsigned delivery_threads, PendingLimits pending_limits,
               HandlerLookup lookup, Metrics* metrics = nullptr,
               std::chrono::milliseconds poll_interval = default_poll_interval,
-              std::size_t max_running_bytes = default_max_running_bytes);
+              std::size_t max_running_bytes = default_max_running_bytes,
+              std::chrono::milliseconds prune_interval = default_prune_interval);
     ~SpoolSink() override;
 
     void submit(const EventPtr& event, std::vector<HandlerPtr> handlers, SubmitDone done) override;
