@@ -1,11 +1,16 @@
 #include "sigsci/spool_sink.hpp"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <map>
@@ -27,6 +32,51 @@ namespace sigsci {
 namespace {
 
 using Clock = std::chrono::system_clock;
+
+// The daemon's claim on its spool: an flock on `<spool>-lock`, held while the sink lives, and
+// released by the kernel however the process ends. A second daemon given the same spool stops
+// here, before resume_all() would give rows to the first one's running deliveries (which then
+// ran twice) and before two writers numbered events over each other. The `spool` commands do
+// not take it. Not SQLite's file or its -shm: closing any descriptor of a file drops the
+// process's POSIX locks on it, SQLite's own included.
+class OwnerLock {
+  public:
+    explicit OwnerLock(const std::filesystem::path& spool) {
+        const auto path = spool.string() + "-lock";
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd_ < 0) {
+            throw SpoolError("spool " + spool.string() + ": cannot open " + path + ": " +
+                             std::strerror(errno));
+        }
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+            const int err = errno;
+            std::string holder;
+            char buf[32];
+            const auto n = ::pread(fd_, buf, sizeof buf - 1, 0);
+            for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; ++i) holder += buf[i];
+            ::close(fd_);
+            if (err == EWOULDBLOCK) {
+                throw SpoolError("spool " + spool.string() +
+                                 " is in use by another sigsci-webhookd" +
+                                 (holder.empty() ? "" : " (pid " + holder + ")") +
+                                 "; each daemon needs a spool of its own");
+            }
+            throw SpoolError("spool " + spool.string() + ": cannot lock " + path + ": " +
+                             std::strerror(err));
+        }
+        // The holder's pid, for the error above; a failure to write it changes nothing else.
+        const auto pid = std::to_string(::getpid()) + "\n";
+        if (::ftruncate(fd_, 0) == 0) {
+            [[maybe_unused]] const auto written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+        }
+    }
+    ~OwnerLock() { ::close(fd_); }
+    OwnerLock(const OwnerLock&) = delete;
+    OwnerLock& operator=(const OwnerLock&) = delete;
+
+  private:
+    int fd_ = -1;
+};
 
 constexpr std::size_t max_in_flight = SpoolSink::max_in_flight;
 // A poller that filled every free slot looks again once this many are free, so that catching up
@@ -149,6 +199,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
     Impl(SpoolConfig c, unsigned threads, PendingLimits pending, HandlerLookup l, Metrics* m,
          std::chrono::milliseconds poll, std::size_t max_bytes, std::chrono::milliseconds prune)
         : config(std::move(c)),
+          owner(config.path),
           writer_db(open_sqlite_spool(
               config.path, {.max_bytes = config.max_bytes, .background_checkpoints = true})),
           reader_db(open_sqlite_spool(config.path)),
@@ -162,6 +213,7 @@ struct SpoolSink::Impl : std::enable_shared_from_this<Impl> {
           rng(std::random_device{}()) {}
 
     SpoolConfig config;
+    OwnerLock owner;  // taken before the spool is opened, released after it is closed
     // The writer thread's; stats() also reads its checkpoint_failures().
     std::unique_ptr<Spool> writer_db;
     std::unique_ptr<Spool> reader_db;  // used only by the poller thread

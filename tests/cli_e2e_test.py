@@ -209,7 +209,7 @@ class Running(unittest.TestCase):
             self.daemon.stop()
         self.dir.cleanup()
 
-    def write_config(self, key_file, listen="127.0.0.1:0"):
+    def write_config(self, key_file, listen="127.0.0.1:0", spool="spool.db"):
         with open(self.path("config.json"), "w") as f:
             f.write("""// written by cli_e2e_test.py
             {"listen": ["%s"], "threads": 2,
@@ -217,7 +217,7 @@ class Running(unittest.TestCase):
                             "routes": [{"types": ["*"], "handlers": ["archive", "audit"]}]}],
              "handlers": {"archive": {"kind": "file", "path": "events.jsonl"},
                           "audit": {"kind": "log"}},
-             "spool": {"path": "spool.db"}}""" % (listen, key_file))
+             "spool": {"path": "%s"}}""" % (listen, key_file, spool))
 
     def start(self):
         self.daemon = Daemon(self.path("config.json"))
@@ -274,10 +274,22 @@ class Running(unittest.TestCase):
 
     def test_port_in_use_exits_1(self):
         port = self.start()
-        self.write_config("k1", listen="127.0.0.1:%d" % port)
+        self.write_config("k1", listen="127.0.0.1:%d" % port, spool="second.db")
         r = subprocess.run([BINARY, "--config", self.path("config.json")], capture_output=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"bind", r.stdout)
+
+    def test_a_second_daemon_on_the_same_spool_exits_1_and_leaves_it_alone(self):
+        self.start()
+        self.write_config("k1")  # another port (0), the same spool
+        r = subprocess.run([BINARY, "--config", self.path("config.json")], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        record = json.loads(r.stdout.decode().splitlines()[-1])
+        self.assertEqual(record["msg"], "startup failed")
+        self.assertIn("is in use by another sigsci-webhookd (pid %d)" % self.daemon.proc.pid, record["error"])
+        self.assertNotIn(b"spool opened", r.stdout)
+        # The spool commands do not take the daemon's lock.
+        self.assertEqual(run("spool", "stats", "--config", self.path("config.json")).returncode, 0)
 
 
 class ShippedExample(unittest.TestCase):

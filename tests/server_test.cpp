@@ -677,7 +677,9 @@ TEST_F(ServerTest, ServesIpv6AndIpv4ListenersTogether) {
 TEST_F(ServerTest, BindFailureNamesTheAddress) {
     start();
     const std::string busy = "127.0.0.1:" + std::to_string(port);
-    auto cfg = parse_config(config_text("", "[\"" + busy + "\"]", R"([{"file": "key-one"}])"),
+    // A spool of its own: the first daemon holds its spool's lock.
+    auto cfg = parse_config(config_text("", "[\"" + busy + "\"]", R"([{"file": "key-one"}])",
+                                        R"({"path": "second.db"})"),
                             "t.json", dir.path());
     ASSERT_TRUE(cfg) << cfg.error();
     Daemon second(std::move(cfg).value());

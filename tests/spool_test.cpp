@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include "sigsci/clock.hpp"
 #include "sigsci/completion_batch.hpp"
@@ -1323,6 +1324,32 @@ TEST_F(SpoolSinkTest, AnEventDeliveredFromMemoryAfterARoundIsPrunedByTheNext) {
     gated->open();
     ASSERT_TRUE(logs->wait_for_records(is_pruned, 2));
     EXPECT_EQ(count_rows(config.path, "SELECT COUNT(*) FROM events"), 0);
+}
+
+// One daemon per spool: a second sink on the same file is refused before it resumes anything
+// (it would give rows to the first one's running deliveries, which then ran twice), and the
+// lock goes with the sink that held it.
+TEST_F(SpoolSinkTest, ASecondSinkOnTheSameSpoolIsRefused) {
+    start();
+    try {
+        SpoolSink second(config, 1, pending_limits, [](const std::string&) { return nullptr; });
+        FAIL() << "a second sink opened the spool";
+    } catch (const SpoolError& e) {
+        EXPECT_NE(std::string(e.what()).find(config.path.string() +
+                                             " is in use by another sigsci-webhookd (pid " +
+                                             std::to_string(::getpid()) + ")"),
+                  std::string::npos)
+            << e.what();
+    }
+    EXPECT_TRUE(logs->wait_for_record([](Json& r) { return r["msg"] == "spool opened"; }));
+    const auto lines = logs->lines();
+    EXPECT_EQ(
+        std::count_if(lines.begin(), lines.end(),
+                      [](const std::string& l) { return Json::parse(l)["msg"] == "spool opened"; }),
+        1);
+    sink.reset();
+    start();  // a restart takes it again
+    EXPECT_EQ(submit(test::sample("flag"), {}).status, SubmitResult::Status::accepted);
 }
 
 // An event stamped in the future (by a clock that has since stepped back) is read past, not
