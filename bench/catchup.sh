@@ -21,16 +21,9 @@ cat > "$work/config.json" <<JSON
  "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
  "spool": {"enabled": true, "path": "spool.db", "duplicate_window_s": 0}}
 JSON
-start_daemon() {
-    taskset -c 0 "$bin" --config "$work/config.json" >> "$work/daemon.log" 2>&1 &
-    echo $! > "$work/pid"
-}
-stop_daemon() {
-    kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
-}
 
 start_daemon
-i=0; until curl -s -o /dev/null http://127.0.0.1:18081/healthz; do i=$((i+1)); [ $i -lt 200 ] || exit 1; sleep 0.05; done
+wait_for http://127.0.0.1:18081/healthz
 line=$(taskset -c 1 wrk -t1 -c64 -d"${duration}s" -s bench/post_many.lua http://127.0.0.1:18081/hook -- "$work/bodies.txt" | grep '^RESULT')
 stop_daemon
 events=$(python3 - "$work/spool.db" <<'PY'

@@ -8,7 +8,7 @@ events=${1:-5000}
 . bench/lib.sh
 bench_setup "$events"
 
-start_daemon() {  # COMMAND_JSON MAX_CONCURRENT
+start_exec_daemon() {  # COMMAND_JSON MAX_CONCURRENT: unpinned, unlike lib.sh's start_daemon
     cat > "$work/config.json" <<JSON
 {"listen": ["127.0.0.1:18082"], "threads": 1, "log": {"level": "info"},
  "endpoints": [{"path": "/hook", "signing_keys": [{"file": "key"}],
@@ -19,7 +19,7 @@ JSON
     rm -f "$work"/spool.db*
     "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
     echo $! > "$work/pid"
-    i=0; until curl -s -o /dev/null http://127.0.0.1:18082/healthz; do i=$((i+1)); [ $i -lt 200 ] || exit 1; sleep 0.05; done
+    wait_for http://127.0.0.1:18082/healthz
 }
 post() {  # N: posts the first N bodies, one connection
     head -n "$1" "$work/bodies.txt" | while read -r sig body; do
@@ -28,7 +28,7 @@ post() {  # N: posts the first N bodies, one connection
 }
 
 echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%MZ)"
-start_daemon '["/bin/true"]' 8
+start_exec_daemon '["/bin/true"]' 8
 taskset -c 1 wrk -t1 -c8 -d60s -s bench/post_many.lua http://127.0.0.1:18082/hook -- "$work/bodies.txt" > /dev/null &
 wrk_pid=$!
 # Stop the load once EVENTS deliveries are logged (polling: a benchmark, not a test).
@@ -43,13 +43,13 @@ secs = (ts[-1] - ts[0]).total_seconds()
 ok = sum(1 for l in lines if l["status"] == "delivered")
 print("exec /bin/true: %d deliveries (%d delivered) in %.2f s = %.0f deliveries/s" % (len(lines), ok, secs, len(lines) / secs))
 PY
-kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
+stop_daemon
 
-start_daemon '["/bin/sleep", "30"]' 64
+start_exec_daemon '["/bin/sleep", "30"]' 64
 idle=$(awk '/VmRSS/{print $2}' "/proc/$(cat "$work/pid")/status")
 post 64
 until [ "$(pgrep -c -P "$(cat "$work/pid")" sleep || true)" -ge 64 ]; do sleep 0.1; done
 rss=$(awk '/VmRSS/{print $2}' "/proc/$(cat "$work/pid")/status")
 fds=$(ls "/proc/$(cat "$work/pid")/fd" | wc -l)
 echo "64 commands running: daemon RSS $((rss / 1024)) MiB (idle $((idle / 1024)) MiB), $fds open fds, $(pgrep -c -P "$(cat "$work/pid")") children"
-kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
+stop_daemon

@@ -1,6 +1,7 @@
 # Shared set-up for the bench scripts (sourced from the repository root): checks the dev build,
 # installs wrk, makes a work dir that is removed (and its daemon stopped) on exit, and writes
-# BODY_COUNT distinct signed bodies to $work/bodies.txt under the key in $work/key.
+# BODY_COUNT distinct signed bodies to $work/bodies.txt under the key in $work/key. Below it, the
+# helpers every script shares: start and stop the daemon, wait for a server, count thread CPU.
 bench_setup() {
     bin=${SIGSCI_BIN:-build/dev/sigsci-webhookd}  # SIGSCI_BIN: another build to compare
     [ -x "$bin" ] || { echo "build first: cmake --preset dev && cmake --build --preset dev" >&2; exit 2; }
@@ -12,6 +13,23 @@ bench_setup() {
 }
 
 # CPU ticks (utime + stime) of each of PID's threads, summed by thread name: "name ticks" lines.
+# The daemon on $work/config.json, pinned to CPU 0 as in bench/run.sh; its pid in $work/pid and
+# its log in $work/daemon.log (written afresh at each start).
+start_daemon() {
+    taskset -c 0 "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
+    echo $! > "$work/pid"
+}
+wait_for() {  # URL: at most 10 s (a benchmark script may poll; a test may not)
+    local i=0
+    until curl -s -o /dev/null "$1"; do
+        i=$((i + 1)); [ $i -lt 400 ] || { echo "server did not start: $1" >&2; exit 1; }
+        sleep 0.025
+    done
+}
+stop_daemon() {
+    kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
+}
+
 thread_ticks() {
     for t in /proc/"$1"/task/*; do
         printf '%s %s\n' "$(cat "$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"

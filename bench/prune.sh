@@ -25,14 +25,6 @@ config() {  # LEVEL
  "spool": {"enabled": true, "path": "spool.db", "duplicate_window_s": 0}}
 JSON
 }
-start_daemon() {
-    taskset -c 0 "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
-    echo $! > "$work/pid"
-    i=0; until curl -s -o /dev/null http://127.0.0.1:18081/healthz; do i=$((i+1)); [ $i -lt 400 ] || exit 1; sleep 0.02; done
-}
-stop_daemon() {
-    kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
-}
 load() {  # SECONDS
     taskset -c 1 wrk -t1 -c64 -d"$1s" -s bench/post_many.lua http://127.0.0.1:18081/hook -- "$work/bodies.txt"
 }
@@ -46,6 +38,7 @@ print(row[0] if row else "")' "$1" "$2"
 
 config warn
 start_daemon
+wait_for http://127.0.0.1:18081/healthz
 fill=$(load "$duration" | grep '^RESULT')
 stop_daemon
 two_days_ms=172800000
@@ -60,6 +53,7 @@ echo "aged events: $old"
 config info
 cp "$work/aged.db" "$work/spool.db"
 start_daemon
+wait_for http://127.0.0.1:18081/healthz
 i=0; until grep -q '"spool pruned"' "$work/daemon.log"; do i=$((i+1)); [ $i -lt 6000 ] || { echo "no round ended within 60 s" >&2; exit 1; }; sleep 0.01; done
 ticks=$(thread_ticks "$(cat "$work/pid")" | awk '$1 == "spool-writer" {print $2}')
 stop_daemon
@@ -80,6 +74,7 @@ config warn
 rm -f "$work"/spool.db-* "$work/events.jsonl"
 cp "$work/aged.db" "$work/spool.db"
 start_daemon
+wait_for http://127.0.0.1:18081/healthz
 out=$(load "$duration")
 stop_daemon
 longest=$(echo "$out" | awk '$1 == "Latency" {print $4}')

@@ -89,13 +89,7 @@ for p in $port $admin_port; do
         exit 1
     fi
 done
-wait_for() {  # URL: a benchmark script may poll; a test may not
-    local i=0
-    until curl -s -o /dev/null "$1"; do
-        i=$((i + 1)); [ $i -lt 400 ] || { echo "server did not start: $1" >&2; exit 1; }
-        sleep 0.025
-    done
-}
+. bench/lib.sh  # wait_for
 
 start_nginx() {
     cat > "$work/nginx.conf" <<NGINX

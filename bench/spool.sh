@@ -21,9 +21,8 @@ run() {  # SPOOL_ENABLED CONNECTIONS
  "handlers": {"archive": {"kind": "file", "path": "events.jsonl"}},
  "spool": {"enabled": $1, "path": "spool.db", "duplicate_window_s": 0}}
 JSON
-    taskset -c 0 "$bin" --config "$work/config.json" > "$work/daemon.log" 2>&1 &
-    echo $! > "$work/pid"
-    i=0; until curl -s -o /dev/null http://127.0.0.1:18081/healthz; do i=$((i+1)); [ $i -lt 200 ] || exit 1; sleep 0.05; done
+    start_daemon
+    wait_for http://127.0.0.1:18081/healthz
     cpu0=$(awk '{print $14+$15}' "/proc/$(cat "$work/pid")/stat")
     thread_ticks "$(cat "$work/pid")" > "$work/threads.before"
     grep '^cpu0 ' /proc/stat > "$work/cpu0.before"
@@ -32,7 +31,7 @@ JSON
     cpu1=$(awk '{print $14+$15}' "/proc/$(cat "$work/pid")/stat")
     grep '^cpu0 ' /proc/stat > "$work/cpu0.after"
     thread_ticks "$(cat "$work/pid")" > "$work/threads.after"
-    kill -TERM "$(cat "$work/pid")"; wait "$(cat "$work/pid")" 2>/dev/null || true
+    stop_daemon
     requests=$(echo "$line" | sed 's/.*requests=\([0-9]*\).*/\1/')
     non2xx=$(echo "$line" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
     archived=$(wc -l < "$work/events.jsonl")
